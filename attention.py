@@ -1,0 +1,135 @@
+"""Text-guided attention maps (TGA-ZSR, SPEC §1) and the distances between them.
+
+The map of an image is the similarity of each patch token with the text feature of the
+image's class, min-maxed per image and upsampled bilinearly to the input size. The
+Attention Refinement loss (Alpha, paper Eq. 6) and the Attention-based Model Constraint
+(Beta, Eq. 7) are distances between such maps.
+
+Upsampling is linear, so the L2 and cosine distances between two upsampled maps are exact
+quadratic forms of the small maps (`UpsampledMapGeometry`): the 224×224 maps never need to be
+built during training. `tests/test_attention.py` proves the equality.
+
+    python -m pytest tests/test_attention.py -q
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+DISTANCES = ("l2", "cos", "l1")
+
+
+def attention_grid(tokens: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """SPEC §1 steps 1–4: `[B, 1+N, D]` tokens, `[B, D]` class text features -> `[B, 1, g, g]`.
+
+    Step 1 normalises over dim=1, the *token* axis: each of the D channels is divided by its
+    L2 norm across the 1+N tokens (CLS included), not each token by its own norm. This is what
+    the original code does, and it changes the map (a channel that is large everywhere is
+    damped), so we keep it [faithful]. Computed in fp32 even under autocast.
+    """
+    tokens = tokens.float()
+    t = text_features.float()
+    f = tokens / tokens.norm(dim=1, keepdim=True)  # dim=1: across tokens, per channel
+    s = torch.bmm(f[:, 1:, :], t[:, :, None]).squeeze(-1)  # [B, N]
+    lo = s.min(dim=1, keepdim=True).values
+    hi = s.max(dim=1, keepdim=True).values
+    span = hi - lo
+    # A tiny epsilon only where the map is constant; elsewhere the plain min-max.
+    span = torch.where(span == 0, torch.full_like(span, 1e-12), span)
+    s = (s - lo) / span
+    n = s.shape[1]
+    g = math.isqrt(n)
+    if g * g != n:
+        raise ValueError(f"{n} patch tokens do not form a square grid")
+    return s.view(-1, 1, g, g)  # patches row-major, as the ViT lays them out
+
+
+def upsample_map(grid: torch.Tensor, out_size: int) -> torch.Tensor:
+    """SPEC §1 step 5: bilinear, align_corners=False, no antialias."""
+    return F.interpolate(grid, size=(out_size, out_size), mode="bilinear", align_corners=False)
+
+
+def text_guided_attention(tokens: torch.Tensor, text_features: torch.Tensor, out_size: int) -> torch.Tensor:
+    """The full map of SPEC §1 steps 1–5: `[B, 1, out_size, out_size]` in [0, 1].
+
+    `tokens`: `[B, 1+N, D]` from `ClipModel.image_tokens` (CLS first, after ln_post and proj).
+    `text_features`: `[B, D]`, the normalised text feature of each image's class, without the
+    ×100 logit scale. The normalisation of step 1 runs over dim=1 of the token tensor, i.e. each
+    channel across the tokens: see `attention_grid` for why that axis.
+    """
+    return upsample_map(attention_grid(tokens, text_features), out_size)
+
+
+def _linear_upsample_matrix(n: int, out: int, device, dtype=torch.float64) -> torch.Tensor:
+    """`[out, n]` matrix U with U @ v = 1-D linear upsampling of v (align_corners=False)."""
+    eye = torch.eye(n, dtype=dtype, device=device)[:, None, :]  # n signals of length n
+    return F.interpolate(eye, size=out, mode="linear", align_corners=False)[:, 0, :].t()
+
+
+class UpsampledMapGeometry:
+    """Exact inner products of bilinearly upsampled g×g maps, computed on the g×g maps.
+
+    Bilinear upsampling without antialias is separable: `up(M) = U M Uᵀ` with U the `[S, g]`
+    1-D linear interpolation matrix. Hence `<up(A), up(B)> = Σ (G A G) ⊙ B` with `G = UᵀU`
+    (`[g, g]`), which costs O(g³) instead of O(S²).
+    """
+
+    _cache: dict = {}
+
+    def __init__(self, g: int, out_size: int, device):
+        key = (g, out_size, str(device))
+        if key not in self._cache:
+            u = _linear_upsample_matrix(g, out_size, device)
+            self._cache[key] = (u.t() @ u).float()
+        self.gram = self._cache[key]
+
+    def inner(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """`[B, 1, g, g]` x2 -> `[B]`: the inner product of the upsampled maps."""
+        g = self.gram
+        return ((g @ a[:, 0] @ g) * b[:, 0]).sum(dim=(1, 2))
+
+
+def _safe_sqrt(q: torch.Tensor) -> torch.Tensor:
+    """sqrt with gradient 0 at 0, like torch.norm's backward for a zero vector.
+
+    At the first training step the trained and frozen towers are identical, so the AMC
+    difference is exactly zero; a plain sqrt would give an infinite gradient there.
+    """
+    q = q.clamp_min(0)
+    pos = q > 0
+    return torch.where(pos, torch.where(pos, q, torch.ones_like(q)).sqrt(), torch.zeros_like(q))
+
+
+def map_distance(a: torch.Tensor, b: torch.Tensor, metric: str, out_size: int) -> torch.Tensor:
+    """Distance between the upsampled versions of two `[B, 1, g, g]` maps (SPEC §1 step 6).
+
+    l2:  mean_b ‖up(a) − up(b)‖₂ over the out_size² values (plain, unsquared).
+    cos: mean_b (1 − cos(up(a), up(b))), eps 1e-8 on each norm, as torch's cosine_similarity.
+    l1:  mean |up(a) − up(b)| over all B·out_size² elements.
+    l2 and cos use the exact Gram shortcut; l1 is not a quadratic form and is computed explicitly.
+    """
+    if metric == "l1":
+        return (upsample_map(a, out_size) - upsample_map(b, out_size)).abs().mean()
+    geo = UpsampledMapGeometry(a.shape[-1], out_size, a.device)
+    if metric == "l2":
+        d = a - b
+        return _safe_sqrt(geo.inner(d, d)).mean()
+    if metric == "cos":
+        na = _safe_sqrt(geo.inner(a, a)).clamp_min(1e-8)
+        nb = _safe_sqrt(geo.inner(b, b)).clamp_min(1e-8)
+        return (1 - geo.inner(a, b) / (na * nb)).mean()
+    raise ValueError(f"unknown distance '{metric}', choose from {DISTANCES}")
+
+
+def map_distance_explicit(a: torch.Tensor, b: torch.Tensor, metric: str, out_size: int) -> torch.Tensor:
+    """The straightforward computation on materialised upsampled maps (reference for tests)."""
+    ua, ub = upsample_map(a, out_size).flatten(1), upsample_map(b, out_size).flatten(1)
+    if metric == "l2":
+        return (ua - ub).norm(p=2, dim=1).mean()
+    if metric == "cos":
+        return (1 - F.cosine_similarity(ua, ub, dim=1, eps=1e-8)).mean()
+    if metric == "l1":
+        return (ua - ub).abs().mean()
+    raise ValueError(f"unknown distance '{metric}', choose from {DISTANCES}")

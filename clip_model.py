@@ -1,0 +1,269 @@
+"""CLIP on open_clip, with the token output TGA-ZSR needs.
+
+The method needs every visual token after `ln_post` *and* the projection
+(`F = [B, 1+N, D]`, CLS first; SPEC §0). open_clip returns the pooled CLS after the
+projection and the patch tokens before it, so `ImageTower` asks the visual tower for its
+tokens through its public `forward_intermediates` and applies `visual.proj` to them. Nothing of open_clip is copied or patched.
+
+Pixels enter in [0, 1] at any size: the bicubic resize and the CLIP normalisation happen
+inside the model, so every attack perturbs raw pixels (the AutoAttack convention).
+
+    from clip_model import load_clip
+    model = load_clip("ViT-B-32", pretrained="openai")           # QuickGELU, as trained
+    model = load_clip("tiny-vit", pretrained=None)                # random tiny test model
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "models"
+open_clip.add_model_config(MODEL_CONFIG_DIR)  # small test architectures, e.g. "tiny-vit"
+
+# The original code's --arch values, and a few obvious spellings.
+ARCH_ALIASES = {
+    "vit_b32": "ViT-B-32", "vit-b/32": "ViT-B-32", "vit_b16": "ViT-B-16", "vit-b/16": "ViT-B-16",
+    "vit_l14": "ViT-L-14", "vit-l/14": "ViT-L-14",
+}
+# Buffers of OpenAI's TorchScript model that open_clip's CLIP does not have. Their presence
+# in a state dict is how we recognise OpenAI weights (which need QuickGELU) in a plain file.
+OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def resolve_arch(arch: str) -> str:
+    """Map the original `--arch` spellings to open_clip names; accept config-file paths."""
+    if arch.endswith(".json") and os.path.isfile(arch):
+        name = Path(arch).stem
+        open_clip.add_model_config(arch)
+        return name
+    return ARCH_ALIASES.get(arch.lower(), arch)
+
+
+def base_arch(arch: str) -> str:
+    return arch[: -len("-quickgelu")] if arch.endswith("-quickgelu") else arch
+
+
+def arch_quick_gelu(arch: str) -> bool:
+    cfg = open_clip.get_model_config(arch)
+    if cfg is None:
+        raise ValueError(f"unknown architecture '{arch}'. open_clip knows: "
+                         f"{', '.join(open_clip.list_models())}")
+    return bool(cfg.get("quick_gelu", False))
+
+
+def _strip_prefix(state: dict, prefix: str) -> dict:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def read_weights_file(path: str) -> tuple[dict, dict]:
+    """Read CLIP weights from a local file. Returns (state_dict, info).
+
+    Accepts OpenAI's TorchScript archive (the `.pt` that `clip.load` downloads), an open_clip
+    checkpoint (`{'state_dict': ...}` with optional `module.` prefixes) and a plain state dict.
+    Pickled files are read with `weights_only=True`: no arbitrary objects are unpickled.
+    `info['openai']` says whether the weights are OpenAI's (they were trained with QuickGELU).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained weights file not found: {path}")
+    info = {"openai": False, "quick_gelu": None, "arch": None}
+    state = None
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            is_torchscript = any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+        if is_torchscript:
+            state = torch.jit.load(path, map_location="cpu").state_dict()
+            info["openai"] = True
+    if state is None:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}: expected a state dict or a checkpoint dict, got {type(obj).__name__}")
+        meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+        info["quick_gelu"] = meta.get("quick_gelu")
+        info["arch"] = meta.get("arch")
+        for key in ("clip_state_dict", "state_dict", "model"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+        state = _strip_prefix(dict(obj), "module.")
+        info["openai"] = bool(meta.get("openai")) or any(k in state for k in OPENAI_ONLY_KEYS)
+    for k in OPENAI_ONLY_KEYS:
+        state.pop(k, None)
+    state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in state.items()}
+    return state, info
+
+
+class ImageTower(nn.Module):
+    """open_clip visual tower + CLIP preprocessing; forward returns all projected tokens.
+
+    Input: pixels in [0, 1], `[B, 3, H, W]`, any H, W. Output: `[B, 1+N, D]`, CLS first, every
+    token after `ln_post` and `proj`. This is the module that is trained, copied for the frozen
+    reference, and wrapped by DDP.
+    """
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        self.visual = visual
+        size = visual.image_size
+        self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.image_size:  # bicubic 224 -> 224 is the identity: skip it
+            x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False)
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # open_clip's public forward_intermediates: the last block's patch tokens through
+        # ln_post (normalize_intermediates) and the pooled CLS after ln_post and proj, in one
+        # pass through the blocks and without changing the tower's own forward.
+        out = self.visual.forward_intermediates(self.preprocess(x), indices=1, normalize_intermediates=True,
+                                                output_fmt="NLC")
+        pooled, patches = out["image_features"], out["image_intermediates"][-1]
+        proj = self.visual.proj
+        if proj is not None:
+            patches = patches @ proj
+        return torch.cat([pooled[:, None, :], patches.to(pooled.dtype)], dim=1)
+
+
+class ClipModel(nn.Module):
+    """The CLIP pieces every method uses: image tokens, normalised text features, logits."""
+
+    def __init__(self, clip: nn.Module, arch: str, pretrained: str | None, quick_gelu: bool):
+        super().__init__()
+        self.clip = clip
+        self.image_tower = ImageTower(clip.visual)
+        self.arch = arch
+        self.pretrained = pretrained
+        self.quick_gelu = quick_gelu
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        # The text tower and logit_scale are never stepped (SPEC §0); TIMA re-enables text.
+        for name, p in clip.named_parameters():
+            if not name.startswith("visual."):
+                p.requires_grad_(False)
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.clip.visual
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.exp()
+
+    @property
+    def grid_size(self) -> int:
+        g = self.visual.grid_size
+        return g[0] if isinstance(g, (tuple, list)) else g
+
+    def image_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, 1+N, D]`: CLS then patch tokens, after ln_post and the projection."""
+        return self.image_tower(x)
+
+    def encode_text(self, prompts: list[str], normalize: bool = True, chunk: int = 1000) -> torch.Tensor:
+        """Prompts -> `[C, D]` text features (L2-normalised unless `normalize=False`)."""
+        device = self.clip.logit_scale.device
+        feats = []
+        for i in range(0, len(prompts), chunk):
+            tokens = self.tokenizer(prompts[i:i + chunk]).to(device)
+            feats.append(self.clip.encode_text(tokens, normalize=False))
+        feats = torch.cat(feats)
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def logits_from_tokens(self, tokens: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        cls = F.normalize(tokens[:, 0], dim=-1)
+        return self.logit_scale * cls @ text_features.t().to(cls.dtype)
+
+    def logits(self, x: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """`exp(logit_scale) · norm(CLS) · text_featuresᵀ` for pixels x in [0, 1]."""
+        return self.logits_from_tokens(self.image_tokens(x), text_features)
+
+    def frozen_image_tower(self) -> ImageTower:
+        """A frozen copy of the visual tower only (the text tower stays shared)."""
+        tower = copy.deepcopy(self.image_tower).eval()
+        tower.requires_grad_(False)
+        return tower
+
+
+def load_clip(arch: str = "ViT-B-32", pretrained: str | None = "openai", device="cpu",
+              quick_gelu: bool | None = None) -> ClipModel:
+    """Build CLIP with open_clip and load its weights.
+
+    `pretrained`: an open_clip tag ("openai", "laion2b_s34b_b79k", ...), a local file (OpenAI
+    TorchScript `.pt`, open_clip checkpoint, plain OpenAI-format state dict) or None (random).
+    OpenAI weights are always built with QuickGELU, the activation they were trained with:
+    plain open_clip "ViT-B-32" + OpenAI weights silently uses GELU and loses accuracy.
+    `quick_gelu` forces the activation; asking for GELU with OpenAI weights is an error.
+    """
+    arch = resolve_arch(arch)
+    want_qg = arch_quick_gelu(arch)
+    state, info, tag = None, {"openai": False, "quick_gelu": None}, None
+    if pretrained in (None, "", "none", "None"):
+        pretrained = None
+    elif os.path.isfile(str(pretrained)):
+        state, info = read_weights_file(str(pretrained))
+    else:
+        tag = pretrained
+        cfg = open_clip.get_pretrained_cfg(base_arch(arch), tag) or open_clip.get_pretrained_cfg(arch, tag)
+        if not cfg:
+            raise ValueError(f"'{tag}' is neither a local file nor an open_clip pretrained tag of {arch}; "
+                             f"tags: {open_clip.list_pretrained_tags_by_model(base_arch(arch))}")
+        info = {"openai": tag == "openai", "quick_gelu": cfg.get("quick_gelu", False)}
+
+    trained_qg = True if info["openai"] else info.get("quick_gelu")
+    if quick_gelu is not None and trained_qg is not None and quick_gelu != trained_qg:
+        raise ValueError(
+            f"activation mismatch: the weights in {pretrained} were trained with "
+            f"{'QuickGELU' if trained_qg else 'GELU'} but quick_gelu={quick_gelu} was requested. "
+            f"Use '{base_arch(arch)}-quickgelu' (or drop quick_gelu) for OpenAI weights.")
+    use_qg = quick_gelu if quick_gelu is not None else (trained_qg if trained_qg is not None else want_qg)
+    if not use_qg and want_qg:
+        raise ValueError(f"{arch} is a QuickGELU architecture but GELU was requested")
+
+    if tag is not None:
+        try:
+            clip = open_clip.create_model(base_arch(arch), pretrained=tag, force_quick_gelu=use_qg)
+        except Exception as e:  # offline machines: say what to do instead
+            raise RuntimeError(
+                f"could not load open_clip weights '{tag}' for {arch} ({type(e).__name__}: {e}). "
+                f"On an offline machine download the weights elsewhere and pass the file: "
+                f"--pretrained /path/to/ViT-B-32.pt") from e
+    else:
+        clip = open_clip.create_model(base_arch(arch), pretrained=None, force_quick_gelu=use_qg)
+        if state is not None:
+            missing, unexpected = clip.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise ValueError(f"{pretrained} does not fit {arch}: missing keys {missing[:8]}"
+                                 f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
+                                 f"{' ...' if len(unexpected) > 8 else ''}")
+    clip = clip.float()
+    model = ClipModel(clip, base_arch(arch), pretrained, use_qg)
+    return model.to(device)
+
+
+def save_clip(model: ClipModel, path: str) -> None:
+    """Save a whole CLIP (both towers) as a plain state dict with the metadata load_clip reads."""
+    meta = {"arch": model.arch, "quick_gelu": model.quick_gelu,
+            "openai": model.pretrained == "openai" or bool(getattr(model, "openai", False))}
+    tmp = f"{path}.tmp"
+    torch.save({"state_dict": model.clip.state_dict(), "meta": meta}, tmp)
+    os.replace(tmp, path)
+
+
+def describe(model: ClipModel) -> str:
+    n_vis = sum(p.numel() for p in model.visual.parameters())
+    n_all = sum(p.numel() for p in model.clip.parameters())
+    return json.dumps({"arch": model.arch, "pretrained": model.pretrained, "quick_gelu": model.quick_gelu,
+                       "visual_params": n_vis, "params": n_all})
