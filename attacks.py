@@ -41,14 +41,15 @@ def _l2_norm(v: torch.Tensor) -> torch.Tensor:
     return v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
 
 
-def random_init(x: torch.Tensor, eps: float, norm: str = "l_inf") -> torch.Tensor:
+def random_init(x: torch.Tensor, eps: float, norm: str = "l_inf", generator=None) -> torch.Tensor:
     """Uniform in the l_inf ball, or Gaussian direction at a uniform radius ≤ ε for l_2;
-    then clipped so that x + δ stays in [0, 1]."""
+    then clipped so that x + δ stays in [0, 1]. `generator` defaults to the global RNG."""
     if norm == "l_inf":
-        delta = torch.empty_like(x).uniform_(-eps, eps)
+        delta = torch.empty_like(x).uniform_(-eps, eps, generator=generator)
     elif norm == "l_2":
-        delta = torch.randn_like(x)
-        r = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype)
+        delta = torch.empty_like(x).normal_(generator=generator)
+        r = torch.empty(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype).uniform_(
+            generator=generator)
         delta = delta / _l2_norm(delta).clamp_min(1e-12) * r * eps
     else:
         raise ValueError(f"unknown norm '{norm}', choose from {NORMS}")

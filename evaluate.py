@@ -1,0 +1,139 @@
+"""Zero-shot evaluation (SPEC §5): clean top-1 and robust top-1 under PGD / CW, per dataset,
+appended to `<run>/results.jsonl` as each dataset finishes; a rerun skips what is done.
+
+Cost per batch: text features once per dataset, the attack's gradients w.r.t. the input only
+(every model parameter has requires_grad off during evaluation), model in eval mode.
+The random start of PGD is drawn per sample from (seed, sample index), so accuracies do not
+depend on the batch size.
+
+    python tga_zsr.py --eval_only --resume checkpoints/<run> --testdata cifar10 STL10
+    python tga_zsr.py --table checkpoints/run_a checkpoints/run_b
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from attacks import ce_loss_sum, cw_loss, pgd, random_init
+from runtime import autocast
+from train import Indexed
+
+log = logging.getLogger("tga_zsr")
+
+# Settings that must match for a stored result to count as done.
+SETTING_KEYS = ("attack", "norm", "eps", "steps", "step_size", "precision", "n_samples", "seed", "checkpoint")
+
+
+@contextlib.contextmanager
+def frozen_params(module: torch.nn.Module):
+    """requires_grad off for every parameter (restored after): attacks take input gradients only."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+def per_sample_start(x: torch.Tensor, idx: torch.Tensor, eps: float, norm: str, seed: int) -> torch.Tensor:
+    """The PGD random start of each sample, drawn from its own (seed, index) generator."""
+    xc = x.detach().cpu()
+    out = torch.stack([random_init(xc[j:j + 1], eps, norm, torch.Generator().manual_seed(seed * 1_000_003 + int(i)))[0]
+                       for j, i in enumerate(idx.tolist())])
+    return out.to(x.device)
+
+
+def attack_batch(model, x, y, idx, text_features, settings: dict) -> torch.Tensor:
+    """Adversarial images for one batch under `settings` (eps and step size in 1/255 units)."""
+    eps, alpha, steps = settings["eps"] / 255.0, settings["step_size"] / 255.0, settings["steps"]
+    if eps == 0 or steps == 0:
+        return x
+    if settings["attack"] == "autoattack":
+        from autoattack_eval import autoattack_batch
+        return autoattack_batch(model, x, y, text_features, eps, settings)
+    loss_of = cw_loss if settings["attack"] == "cw" else ce_loss_sum
+
+    def objective(xa):
+        return loss_of(model.logits(xa, text_features), y)
+
+    init = per_sample_start(x, idx, eps, settings["norm"], settings["seed"])
+    return x + pgd(objective, x, eps, alpha, steps, norm=settings["norm"], init=init)
+
+
+def evaluate_dataset(model, data, text_features, settings: dict, device, precision: str,
+                     batch_size: int = 256, workers: int = 0, show_progress: bool = True) -> dict:
+    """Clean and robust top-1 (in %) of `model` on `data` (a ZeroShotData)."""
+    loader = DataLoader(Indexed(data.dataset), batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    model.eval()
+    n = clean = robust = 0
+    t0 = time.time()
+    bar = tqdm(total=len(data.dataset), unit="img", desc=f"eval {data.name}", dynamic_ncols=True,
+               disable=not show_progress)
+    with frozen_params(model):
+        for x, y, idx in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast(device, precision):
+                with torch.no_grad():
+                    clean += (model.logits(x, text_features).argmax(1) == y).sum().item()
+                x_adv = attack_batch(model, x, y, idx, text_features, settings)
+                with torch.no_grad():
+                    robust += (model.logits(x_adv, text_features).argmax(1) == y).sum().item()
+            n += y.numel()
+            bar.update(y.numel())
+            bar.set_postfix(clean=f"{100 * clean / n:.2f}", robust=f"{100 * robust / n:.2f}")
+    bar.close()
+    return {"n": n, "clean_acc": 100.0 * clean / max(1, n), "robust_acc": 100.0 * robust / max(1, n),
+            "seconds": round(time.time() - t0, 2)}
+
+
+def read_results(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill: that dataset is simply redone
+                continue
+    return rows
+
+
+def find_done(rows: list[dict], dataset: str, settings: dict) -> dict | None:
+    for r in rows:
+        if r.get("dataset") == dataset and all(r.get(k) == settings.get(k) for k in SETTING_KEYS):
+            return r
+    return None
+
+
+def append_result(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
+def format_table(rows: list[dict]) -> str:
+    """A small per-dataset table of one run's results (the challenge table is make_table.py)."""
+    lines = ["| dataset | n | clean | robust |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['n']} | {r['clean_acc']:.2f} | {r['robust_acc']:.2f} |")
+    if rows:
+        mc = sum(r["clean_acc"] for r in rows) / len(rows)
+        mr = sum(r["robust_acc"] for r in rows) / len(rows)
+        lines.append(f"| **mean** | | {mc:.2f} | {mr:.2f} |")
+    return "\n".join(lines)

@@ -1,0 +1,130 @@
+"""Command-line flags of tga_zsr.py, with the original code's names and defaults (SPEC §8).
+
+Defaults are layered: parser defaults < `configs/<method>.yaml` of the chosen `--Method`
+< the file given with `-c/--config` < flags on the command line (the CLI always wins).
+ε and step sizes are in 1/255 units, as floats.
+
+    python tga_zsr.py -c configs/smoke.yaml
+    python tga_zsr.py --Method TGA-ZSR --Alpha 0.08 --Beta 0.05
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+ALL_TEST_SETS = ["tinyImageNet", "cifar10", "cifar100", "STL10", "Food101", "oxfordpet", "flowers102", "dtd",
+                 "EuroSAT", "fgvc_aircraft", "Caltech101", "Caltech256", "StanfordCars", "PCAM", "ImageNet", "SUN397"]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("TGA-ZSR: text-guided attention for zero-shot robustness", add_help=True)
+    p.add_argument("-c", "--config", default=None, help="YAML file of defaults (the CLI wins)")
+
+    g = p.add_argument_group("Method")
+    g.add_argument("--Method", default="TGA-ZSR", help="loss from the method registry (TGA-ZSR, TeCoA, ...)")
+    g.add_argument("--Alpha", type=float, default=0.08, help="weight of the Attention Refinement loss (Eq. 6)")
+    g.add_argument("--Beta", type=float, default=0.05, help="weight of the Attention-based Model Constraint (Eq. 7)")
+    g.add_argument("--Distance_metric", default="l2", choices=["l2", "cos", "l1"], help="distance between maps")
+    g.add_argument("--atten_methods", default="text", choices=["text", "visual"],
+                   help="text-guided maps, or Grad-CAM ('visual', the Vision-based row)")
+    g.add_argument("--VPbaseline", action="store_true", help="train on clean images instead of PGD images")
+    g.add_argument("--cache_frozen_maps", action=argparse.BooleanOptionalAction, default=False,
+                   help="compute each training image's frozen clean attention map once and reuse it")
+
+    g = p.add_argument_group("Model")
+    g.add_argument("--arch", default="vit_b32", help="vit_b32 or any open_clip model name / config json")
+    g.add_argument("--pretrained", default="openai", help="open_clip tag, local weights file, or 'none'")
+    g.add_argument("--image_size", type=int, default=224, help="input size of the datasets' transforms")
+    g.add_argument("--last_num_ft", type=int, default=0, help="train only the last N parameter tensors (0: all)")
+    g.add_argument("--adaptation_method", default="FT", choices=["FT", "VPT"], help="fine-tune, or prompt-tune")
+    g.add_argument("--method", default="null_patch",
+                   choices=["padding", "random_patch", "fixed_patch", "null_patch"], help="pixel prompter (VPT)")
+    g.add_argument("--prompt_size", type=int, default=30, help="pixel prompt width (VPT)")
+    g.add_argument("--add_prompt_size", type=int, default=0, help="number of learnable prompt tokens (VPT)")
+
+    g = p.add_argument_group("Data")
+    g.add_argument("--dataset", default="tinyImageNet", help="training dataset")
+    g.add_argument("--root", default="./data", help="folder that holds the datasets")
+    g.add_argument("--testdata", nargs="+", default=ALL_TEST_SETS, help="zero-shot test datasets")
+    g.add_argument("--n_samples", type=int, default=0, help="seeded class-balanced test subset size (0: all)")
+    g.add_argument("--workers", type=int, default=4, help="data loader workers")
+
+    g = p.add_argument_group("Optimizer and schedule")
+    g.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    g.add_argument("--learning_rate", type=float, default=1e-4)
+    g.add_argument("--batch_size", type=int, default=128)
+    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (0: whole schedule)")
+    g.add_argument("--warmup", type=int, default=1000)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight_decay", type=float, default=0.0)
+
+    g = p.add_argument_group("Attack (ε and step sizes in 1/255 units)")
+    g.add_argument("--train_eps", type=float, default=1.0)
+    g.add_argument("--train_numsteps", type=int, default=2)
+    g.add_argument("--train_stepsize", type=float, default=1.0)
+    g.add_argument("--test_eps", type=float, default=1.0)
+    g.add_argument("--test_numsteps", type=int, default=100)
+    g.add_argument("--test_stepsize", type=float, default=1.0)
+    g.add_argument("--attack", default="pgd", choices=["pgd", "cw", "autoattack"])
+    g.add_argument("--norm", default="l_inf", choices=["l_inf", "l_2"])
+    g.add_argument("--test_batch_size", type=int, default=256)
+
+    g = p.add_argument_group("Run")
+    g.add_argument("--output_dir", default="./checkpoints", help="runs land in <output_dir>/<run name>")
+    g.add_argument("--name", default=None, help="run folder name (default: from method and hyper-parameters)")
+    g.add_argument("--resume", default=None, help="run folder or checkpoint file to continue / evaluate")
+    g.add_argument("--eval_only", action="store_true", help="evaluate --resume or --pretrained, no training")
+    g.add_argument("--table", nargs="+", default=None, metavar="RUN", help="print the challenge table of runs")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--gpu", type=int, default=None, help="original flag: same as --device cuda:N")
+    g.add_argument("--precision", default="amp", choices=["amp", "fp32", "bf16"],
+                   help="amp = fp16 autocast + GradScaler on CUDA (the original), fp32 on CPU")
+    g.add_argument("--print_freq", type=int, default=50)
+    g.add_argument("--save_freq", type=int, default=50, help="checkpoint every N steps (0: only per epoch)")
+    g.add_argument("--tensorboard", action="store_true", help="log scalars to <run>/tb")
+    g.add_argument("--no_eval", action="store_true", help="skip the evaluation after training")
+    return p
+
+
+def load_yaml(path: str | Path) -> dict:
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    if not isinstance(cfg, dict):
+        raise SystemExit(f"config {path} must be a mapping of flag: value")
+    return cfg
+
+
+def method_config_path(method: str) -> Path | None:
+    from methods import canonical_method  # late import: methods imports heavy modules
+    path = CONFIG_DIR / f"{canonical_method(method)}.yaml"
+    return path if path.exists() else None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse with layered defaults: parser < method config < -c config < CLI."""
+    parser = get_args_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-c", "--config", default=None)
+    pre.add_argument("--Method", default=None)
+    known, _ = pre.parse_known_args(argv)
+    user_cfg = load_yaml(known.config) if known.config else {}
+    method = known.Method or user_cfg.get("Method") or parser.get_default("Method")
+    defaults = {}
+    mpath = method_config_path(method)
+    if mpath is not None:
+        defaults.update(load_yaml(mpath))
+    defaults.update(user_cfg)
+    valid = {a.dest for a in parser._actions}
+    unknown = sorted(set(defaults) - valid)
+    if unknown:
+        raise SystemExit(f"unknown keys in config: {unknown}. Valid keys are the flag names, e.g. learning_rate")
+    parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    if args.gpu is not None:
+        args.device = f"cuda:{args.gpu}"
+    return args

@@ -1,0 +1,222 @@
+"""The one training loop every method shares (SPEC §0): SGD + warmup + cosine set before each
+step, mixed precision on CUDA, atomic checkpoints and an exact resume.
+
+The sample order of epoch e is a permutation drawn from `seed + e` (DistributedSampler's own
+scheme), so a resumed run can skip the batches already done without touching the global RNG;
+the global RNG (PGD random starts) is restored from the checkpoint. Together these make a
+resumed run end with the same weights as an uninterrupted one (tests/test_train.py).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from checkpoint import CHECKPOINT_NAME, atomic_save
+from runtime import autocast, make_scaler, rng_state, set_rng_state
+
+log = logging.getLogger("tga_zsr")
+
+
+def lr_at(step: int, base: float, warmup: int, total: int) -> float:
+    """Linear warmup `base·(step+1)/warmup`, then cosine `½(1+cos(π·(step−w)/(total−w)))·base`."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    span = max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / span)) * base
+
+
+class Indexed(Dataset):
+    """Yields (x, y, index): the index keys the frozen-map cache and per-sample attack noise."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        x, y = self.ds[i]
+        return x, y, i
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (seeded permutation per epoch) that can skip its first `start` indices."""
+
+    def __init__(self, dataset, num_replicas=1, rank=0, seed=0, shuffle=True):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.start = 0
+
+    def __iter__(self):
+        it = list(super().__iter__())
+        return iter(it[self.start:])
+
+    def __len__(self):
+        return self.num_samples - self.start
+
+
+def trainable_parameters(model, last_num_ft: int = 0) -> list:
+    """All visual-tower parameters, or only the last N tensors in registration order (SPEC §0)."""
+    params = list(model.visual.parameters())
+    if last_num_ft > 0:
+        for p in params[:-last_num_ft]:
+            p.requires_grad_(False)
+        params = params[-last_num_ft:]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def build_optimizer(args, params):
+    if args.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+    return torch.optim.SGD(params, lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay)
+
+
+def trainable_state(model) -> dict:
+    state = {"vision_encoder_state_dict": model.visual.state_dict()}
+    prompter = getattr(model, "prompter", None)
+    if prompter is not None:
+        state["prompter_state_dict"] = prompter.state_dict()
+    return state
+
+
+def load_trainable_state(model, ckpt: dict) -> None:
+    model.visual.load_state_dict(ckpt["vision_encoder_state_dict"], strict=True)
+    prompter = getattr(model, "prompter", None)
+    if prompter is not None and "prompter_state_dict" in ckpt:
+        prompter.load_state_dict(ckpt["prompter_state_dict"], strict=True)
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Trainer:
+    """Runs `method.step` over the training set for the whole schedule, checkpointing as it goes."""
+
+    def __init__(self, args, model, method, ctx, train_data, run_dir: Path, device, precision,
+                 rank: int = 0, world: int = 1, writer=None):
+        self.args, self.model, self.method, self.ctx = args, model, method, ctx
+        self.run_dir, self.device, self.precision = Path(run_dir), device, precision
+        self.rank, self.world, self.writer = rank, world, writer
+        self.dataset = Indexed(train_data.dataset)
+        self.sampler = ResumableSampler(self.dataset, num_replicas=world, rank=rank, seed=args.seed)
+        self.batch_size = args.batch_size
+        self.params = [p for p in trainable_parameters(model, args.last_num_ft)]
+        extra = getattr(model, "extra_trainable", None)
+        if extra:
+            self.params += list(extra)
+        self.optimizer = build_optimizer(args, self.params)
+        self.scaler = make_scaler(device, precision)
+        self.steps_per_epoch = math.ceil(self.sampler.num_samples / self.batch_size)
+        self.total_steps = self.steps_per_epoch * args.epochs
+        if args.max_steps:
+            self.total_steps = min(self.total_steps, args.max_steps)
+        self.step = 0          # optimiser steps done
+        self.epoch = 0
+        self.batch_in_epoch = 0
+
+    # --- checkpoints -------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {**trainable_state(self.model), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch, "rng": rng_state(),
+                "args": {k: v for k, v in vars(self.args).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
+                "meta": {"arch": self.model.arch, "quick_gelu": self.model.quick_gelu, "method": self.method.name,
+                         "finished": self.step >= self.total_steps}}
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        load_trainable_state(self.model, ckpt)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        set_rng_state(ckpt["rng"])
+
+    def save(self) -> None:
+        if self.rank == 0:
+            atomic_save(self.state_dict(), self.run_dir / CHECKPOINT_NAME)
+
+    # --- loop ----------------------------------------------------------------------------
+    def loader(self) -> DataLoader:
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.start = self.batch_in_epoch * self.batch_size
+        gen = torch.Generator().manual_seed(self.args.seed + self.epoch)  # worker seeds only
+        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
+                          num_workers=self.args.workers, pin_memory=self.device.type == "cuda",
+                          generator=gen, persistent_workers=False)
+
+    def train_step(self, x, y, idx) -> dict:
+        lr = lr_at(self.step, self.args.learning_rate, self.args.warmup, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(self.device, self.precision):
+            terms = self.method.step(self.ctx, x, y, idx)
+        loss = terms["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {k: v.detach() for k, v in terms.items()} | {"lr": lr}
+
+    def _check_finite(self, bad: torch.Tensor, terms: dict) -> None:
+        if bool(bad):
+            shown = {k: (float(v) if torch.is_tensor(v) else v) for k, v in terms.items()}
+            raise NonFiniteLoss(
+                f"non-finite loss at epoch {self.epoch} step {self.step}: {shown}. The run stops here; the last "
+                f"checkpoint in {self.run_dir} predates it. Lower --learning_rate or use --precision fp32.")
+
+    def fit(self) -> None:
+        args = self.args
+        history = self.run_dir / "history.jsonl"
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        while self.step < self.total_steps:
+            self.model.image_tower.train()
+            bar = tqdm(total=self.sampler.num_samples, initial=self.batch_in_epoch * self.batch_size,
+                       unit="img", dynamic_ncols=True, disable=self.rank != 0,
+                       desc=f"epoch {self.epoch + 1}/{args.epochs}")
+            sums, count, t0 = {}, 0, time.time()
+            for x, y, idx in self.loader():
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                terms = self.train_step(x, y, idx)
+                bad |= ~torch.isfinite(terms["loss"])
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                self.step += 1
+                self.batch_in_epoch += 1
+                bar.update(x.shape[0] * self.world)
+                epoch_done = self.batch_in_epoch >= self.steps_per_epoch
+                if count % args.print_freq == 0 or epoch_done or self.step >= self.total_steps:
+                    self._check_finite(bad, terms)
+                    row = {k: float(v) / count for k, v in sums.items()}
+                    row.update(step=self.step, epoch=self.epoch, lr=terms["lr"],
+                               img_per_s=count * x.shape[0] * self.world / max(1e-9, time.time() - t0))
+                    bar.set_postfix({k: f"{row[k]:.4g}" for k in row if k not in ("step", "epoch", "img_per_s")})
+                    if self.rank == 0:
+                        with open(history, "a") as f:
+                            f.write(json.dumps(row) + "\n")
+                        if self.writer is not None:
+                            for k, v in row.items():
+                                self.writer.add_scalar(f"train/{k}", v, self.step)
+                    sums, count, t0 = {}, 0, time.time()
+                if epoch_done:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                if (args.save_freq and self.step % args.save_freq == 0) or epoch_done or self.step >= self.total_steps:
+                    self._check_finite(bad, terms)
+                    self.save()
+                if self.step >= self.total_steps:
+                    break
+            bar.close()
+            if count:
+                self._check_finite(bad, terms)
+        self.save()
