@@ -78,11 +78,11 @@ class UpsampledMapGeometry:
 
     _cache: dict = {}
 
-    def __init__(self, g: int, out_size: int, device):
-        key = (g, out_size, str(device))
+    def __init__(self, g: int, out_size: int, device, dtype=torch.float32):
+        key = (g, out_size, str(device), dtype)
         if key not in self._cache:
             u = _linear_upsample_matrix(g, out_size, device)
-            self._cache[key] = (u.t() @ u).float()
+            self._cache[key] = (u.t() @ u).to(dtype)
         self.gram = self._cache[key]
 
     def inner(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -112,7 +112,7 @@ def map_distance(a: torch.Tensor, b: torch.Tensor, metric: str, out_size: int) -
     """
     if metric == "l1":
         return (upsample_map(a, out_size) - upsample_map(b, out_size)).abs().mean()
-    geo = UpsampledMapGeometry(a.shape[-1], out_size, a.device)
+    geo = UpsampledMapGeometry(a.shape[-1], out_size, a.device, a.dtype)
     if metric == "l2":
         d = a - b
         return _safe_sqrt(geo.inner(d, d)).mean()

@@ -243,6 +243,9 @@ def load_clip(arch: str = "ViT-B-32", pretrained: str | None = "openai", device=
     else:
         clip = open_clip.create_model(base_arch(arch), pretrained=None, force_quick_gelu=use_qg)
         if state is not None:
+            # Non-persistent buffers (open_clip's text attn_mask) appear in TorchScript state dicts.
+            transient = {n for n, _ in clip.named_buffers()} - set(clip.state_dict())
+            state = {k: v for k, v in state.items() if k not in transient}
             missing, unexpected = clip.load_state_dict(state, strict=False)
             if missing or unexpected:
                 raise ValueError(f"{pretrained} does not fit {arch}: missing keys {missing[:8]}"

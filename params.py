@@ -10,6 +10,7 @@ Defaults are layered: parser defaults < `configs/<method>.yaml` of the chosen `-
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import yaml
@@ -50,7 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--root", default="./data", help="folder that holds the datasets")
     g.add_argument("--testdata", nargs="+", default=ALL_TEST_SETS, help="zero-shot test datasets")
     g.add_argument("--n_samples", type=int, default=0, help="seeded class-balanced test subset size (0: all)")
-    g.add_argument("--workers", type=int, default=4, help="data loader workers")
+    g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loader workers")
 
     g = p.add_argument_group("Optimizer and schedule")
     g.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
@@ -105,19 +106,38 @@ def method_config_path(method: str) -> Path | None:
     return path if path.exists() else None
 
 
+# Flags that describe this invocation, not the run: never taken from a run's args.yaml.
+PER_INVOCATION = {"resume", "eval_only", "table", "max_steps", "config", "device", "gpu", "no_eval"}
+
+
+def run_args_of(resume: str | None) -> dict:
+    """The args.yaml of the run being resumed (a run folder, or a file inside one), if any."""
+    if not resume:
+        return {}
+    p = Path(resume)
+    folder = p if p.is_dir() else p.parent
+    f = folder / "args.yaml"
+    if not f.is_file():
+        return {}
+    return {k: v for k, v in load_yaml(f).items() if k not in PER_INVOCATION}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    """Parse with layered defaults: parser < method config < -c config < CLI."""
+    """Parse with layered defaults: parser < method config < resumed run's args.yaml < -c config < CLI."""
     parser = get_args_parser()
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("-c", "--config", default=None)
     pre.add_argument("--Method", default=None)
+    pre.add_argument("--resume", default=None)
     known, _ = pre.parse_known_args(argv)
     user_cfg = load_yaml(known.config) if known.config else {}
-    method = known.Method or user_cfg.get("Method") or parser.get_default("Method")
+    method = (known.Method or user_cfg.get("Method") or run_args_of(known.resume).get("Method")
+              or parser.get_default("Method"))
     defaults = {}
     mpath = method_config_path(method)
     if mpath is not None:
         defaults.update(load_yaml(mpath))
+    defaults.update(run_args_of(known.resume))
     defaults.update(user_cfg)
     valid = {a.dest for a in parser._actions}
     unknown = sorted(set(defaults) - valid)

@@ -117,9 +117,9 @@ class Trainer:
         self.optimizer = build_optimizer(args, self.params)
         self.scaler = make_scaler(device, precision)
         self.steps_per_epoch = math.ceil(self.sampler.num_samples / self.batch_size)
-        self.total_steps = self.steps_per_epoch * args.epochs
-        if args.max_steps:
-            self.total_steps = min(self.total_steps, args.max_steps)
+        self.total_steps = self.steps_per_epoch * args.epochs  # the LR schedule's length (SPEC §0)
+        # --max_steps stops early without changing the schedule, so a stopped run resumes exactly.
+        self.stop_at = min(self.total_steps, args.max_steps) if args.max_steps else self.total_steps
         self.step = 0          # optimiser steps done
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -178,7 +178,7 @@ class Trainer:
         args = self.args
         history = self.run_dir / "history.jsonl"
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
-        while self.step < self.total_steps:
+        while self.step < self.stop_at:
             self.model.image_tower.train()
             bar = tqdm(total=self.sampler.num_samples, initial=self.batch_in_epoch * self.batch_size,
                        unit="img", dynamic_ncols=True, disable=self.rank != 0,
@@ -195,7 +195,8 @@ class Trainer:
                 self.batch_in_epoch += 1
                 bar.update(x.shape[0] * self.world)
                 epoch_done = self.batch_in_epoch >= self.steps_per_epoch
-                if count % args.print_freq == 0 or epoch_done or self.step >= self.total_steps:
+                stop = self.step >= self.stop_at
+                if count % args.print_freq == 0 or epoch_done or stop:
                     self._check_finite(bad, terms)
                     row = {k: float(v) / count for k, v in sums.items()}
                     row.update(step=self.step, epoch=self.epoch, lr=terms["lr"],
@@ -211,12 +212,9 @@ class Trainer:
                 if epoch_done:
                     self.epoch += 1
                     self.batch_in_epoch = 0
-                if (args.save_freq and self.step % args.save_freq == 0) or epoch_done or self.step >= self.total_steps:
+                if (args.save_freq and self.step % args.save_freq == 0) or epoch_done or stop:
                     self._check_finite(bad, terms)
                     self.save()
-                if self.step >= self.total_steps:
+                if stop:
                     break
             bar.close()
-            if count:
-                self._check_finite(bad, terms)
-        self.save()

@@ -1,0 +1,131 @@
+"""The CLIP wrapper: token output, text features, logits, weight files and the QuickGELU guard."""
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clip_model import CLIP_MEAN, CLIP_STD, load_clip, save_clip
+
+
+def test_cls_token_equals_open_clip_encode_image(tiny_model):
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        tokens = tiny_model.image_tokens(x)
+        normed = (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+        ref = tiny_model.clip.encode_image(normed)
+    assert tokens.shape == (2, 50, 64)
+    assert torch.allclose(tokens[:, 0], ref, atol=1e-6)
+
+
+def test_patch_tokens_equal_ln_post_then_proj(tiny_model):
+    x = torch.rand(2, 3, 224, 224)
+    v = tiny_model.visual
+    with torch.no_grad():
+        tokens = tiny_model.image_tokens(x)
+        normed = (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+        h = v.conv1(normed).flatten(2).transpose(1, 2)
+        h = torch.cat([v.class_embedding.expand(2, 1, -1), h], dim=1) + v.positional_embedding
+        h = v.ln_pre(h)
+        for blk in v.transformer.resblocks:
+            h = blk(h)
+        want = v.ln_post(h)[:, 1:] @ v.proj
+    assert torch.allclose(tokens[:, 1:], want, atol=1e-5)
+
+
+def test_resize_inside_model(tiny_model):
+    x = torch.rand(1, 3, 64, 64)
+    big = F.interpolate(x, size=(224, 224), mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        assert torch.allclose(tiny_model.image_tokens(x), tiny_model.image_tokens(big), atol=1e-6)
+
+
+def test_text_features_normalised_and_logits(tiny_model):
+    with torch.no_grad():
+        t = tiny_model.encode_text(["a photo of a cat", "a photo of a dog", "a photo of a car"])
+        x = torch.rand(2, 3, 224, 224)
+        logits = tiny_model.logits(x, t)
+        cls = F.normalize(tiny_model.image_tokens(x)[:, 0], dim=-1)
+    assert t.shape == (3, 64)
+    assert torch.allclose(t.norm(dim=-1), torch.ones(3), atol=1e-6)
+    assert torch.allclose(logits, tiny_model.clip.logit_scale.exp() * cls @ t.t(), atol=1e-5)
+
+
+def test_logits_independent_of_batch_size(tiny_model):
+    with torch.no_grad():
+        t = tiny_model.encode_text(["a", "b", "c"])
+        x = torch.rand(4, 3, 224, 224)
+        full = tiny_model.logits(x, t)
+        parts = torch.cat([tiny_model.logits(x[:1], t), tiny_model.logits(x[1:], t)])
+    assert torch.allclose(full, parts, atol=1e-5)
+
+
+def test_text_tower_frozen_visual_trainable(tiny_model):
+    assert all(not p.requires_grad for n, p in tiny_model.clip.named_parameters() if not n.startswith("visual."))
+    assert tiny_model.clip.logit_scale.requires_grad is False
+
+
+def _uses_quick_gelu(model):
+    return any(isinstance(m, open_clip.transformer.QuickGELU) for m in model.visual.modules())
+
+
+def test_local_state_dict_round_trip(tiny_model, tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.save(tiny_model.clip.state_dict(), path)
+    loaded = load_clip("tiny-vit", str(path))
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(loaded.image_tokens(x), tiny_model.image_tokens(x))
+        assert torch.equal(loaded.encode_text(["a red cat"]), tiny_model.encode_text(["a red cat"]))
+    path2 = tmp_path / "ours.pt"
+    save_clip(tiny_model, str(path2))
+    again = load_clip("tiny-vit", str(path2))
+    with torch.no_grad():
+        assert torch.equal(again.image_tokens(x), tiny_model.image_tokens(x))
+
+
+def test_openai_format_file_gets_quickgelu_and_guard(tiny_model, tmp_path):
+    # An OpenAI-format state dict (it carries input_resolution / context_length / vocab_size).
+    sd = dict(tiny_model.clip.state_dict())
+    sd.update(input_resolution=torch.tensor(224), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
+    path = tmp_path / "openai_format.pt"
+    torch.save(sd, path)
+    model = load_clip("tiny-vit", str(path))
+    assert model.quick_gelu and _uses_quick_gelu(model)
+    with pytest.raises(ValueError, match="QuickGELU"):
+        load_clip("tiny-vit", str(path), quick_gelu=False)
+
+
+def test_torchscript_archive_loads(tiny_model, tmp_path):
+    # OpenAI ships TorchScript archives; build one from the tiny model's weights.
+    traced = torch.jit.trace_module(tiny_model.clip.float().eval(),
+                                    {"encode_image": torch.rand(1, 3, 224, 224)}, check_trace=False)
+    path = tmp_path / "ViT-tiny.pt"
+    traced.save(str(path))
+    model = load_clip("tiny-vit", str(path))
+    assert model.quick_gelu
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(model.image_tokens(x), tiny_model.image_tokens(x), atol=1e-6)
+
+
+def test_openai_tag_needs_quickgelu_everywhere():
+    # The tag path cannot download here, but the activation decision happens first.
+    with pytest.raises(ValueError, match="QuickGELU"):
+        load_clip("ViT-B-32", "openai", quick_gelu=False)
+
+
+def test_mismatched_file_names_keys(tiny_model, tmp_path):
+    sd = dict(tiny_model.clip.state_dict())
+    sd.pop("visual.proj")
+    sd["visual.extra_thing"] = torch.zeros(1)
+    path = tmp_path / "bad.pt"
+    torch.save(sd, path)
+    with pytest.raises(ValueError, match="visual.proj"):
+        load_clip("tiny-vit", str(path))
+
+
+def test_vit_b32_token_shape():
+    model = load_clip("vit_b32", None)
+    with torch.no_grad():
+        tokens = model.image_tokens(torch.rand(1, 3, 224, 224))
+    assert tokens.shape == (1, 50, 512)

@@ -1,0 +1,20 @@
+"""`bash main.sh smoke` end to end (the README's first command). Skip locally with -m "not smoke"."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.smoke
+def test_main_sh_smoke(tmp_path):
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
+           "VIRTUAL_ENV": str(Path(sys.executable).parent.parent)}
+    out = subprocess.run(["bash", "main.sh", "smoke", "--output_dir", str(tmp_path)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "| **mean** |" in out.stdout
+    runs = list(tmp_path.glob("smoke-*"))
+    assert len(runs) == 1 and (runs[0] / "results.jsonl").is_file() and (runs[0] / "last.pt").is_file()
