@@ -223,9 +223,55 @@ def build_fgvc(root, split="test", transform=None):
 
 
 # --------------------------------------------------------------------------- Caltech
+class _CaltechFiles:
+    """Mixin for torchvision's Caltech101/256: keep its category list (and Caltech101's removal
+    of BACKGROUND_Google), but read the image files that are really there.
+
+    torchvision rebuilds each file name from counters (`image_{k:04d}.jpg`,
+    `{label+1:03d}_{k:04d}.jpg`), which breaks as soon as a category folder is missing or a
+    numbering has a gap (a partial copy, a hand-made subset); it also counts non-image files."""
+
+    _folder = ""
+
+    def _list_files(self):
+        base = os.path.join(self.root, self._folder)
+        self._files, self.y = [], []
+        for label, cat in enumerate(self.categories):
+            names = sorted(f for f in os.listdir(os.path.join(base, cat)) if f.lower().endswith(".jpg"))
+            self._files += [os.path.join(base, cat, f) for f in names]
+            self.y += [label] * len(names)
+        self.index = list(range(1, len(self.y) + 1))
+
+    def __len__(self):
+        return len(self._files)
+
+    def __getitem__(self, i):
+        from torchvision.datasets.folder import default_loader
+        img = default_loader(self._files[i])
+        img = self.transform(img) if self.transform is not None else img
+        y = self.y[i]
+        return img, (self.target_transform(y) if self.target_transform is not None else y)
+
+
+class Caltech101Files(_CaltechFiles, tvd.Caltech101):
+    _folder = "101_ObjectCategories"
+
+    def __init__(self, root, transform=None):
+        super().__init__(root, target_type="category", transform=transform)
+        self._list_files()
+
+
+class Caltech256Files(_CaltechFiles, tvd.Caltech256):
+    _folder = "256_ObjectCategories"
+
+    def __init__(self, root, transform=None):
+        super().__init__(root, transform=transform)
+        self._list_files()
+
+
 def _caltech101_without_background(folder: str, transform):
-    """Fallback when BACKGROUND_Google is absent (torchvision's constructor then fails on
-    `categories.remove`): same classes and order, read from the folders."""
+    """Without BACKGROUND_Google torchvision's constructor fails (`categories.remove`); list
+    the same categories ourselves."""
     from torchvision.datasets.folder import default_loader
     cats = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
     samples = [(os.path.join(folder, c, f), i) for i, c in enumerate(cats)
@@ -244,7 +290,7 @@ def build_caltech101(root, split="all", transform=None):
     with torchvision_errors("Caltech101", root):
         if os.path.isdir(os.path.join(folder, "BACKGROUND_Google")):
             # torchvision drops BACKGROUND_Google itself ("not a real class"): 101 categories remain.
-            ds = tvd.Caltech101(root, target_type="category", transform=transform)
+            ds = Caltech101Files(root, transform=transform)
         else:
             ds = _caltech101_without_background(folder, transform)
     prompts = [TEMPLATE.format(clean_name(c)) for c in ds.categories]
@@ -262,7 +308,7 @@ def build_caltech256(root, split="all", transform=None):
     check_split("Caltech256", split, WHOLE_SET)  # all 257 folders, 257.clutter included
     require("Caltech256", root, "caltech256/256_ObjectCategories")
     with torchvision_errors("Caltech256", root):
-        ds = tvd.Caltech256(root, transform=_or(transform, resize_center_crop))
+        ds = Caltech256Files(root, transform=_or(transform, resize_center_crop))
     names = [caltech256_name(c) for c in ds.categories]
     return data("Caltech256", root, ds, names, ["A photo of a {}.".format(n) for n in names])
 
