@@ -82,10 +82,10 @@ INFO: dict[str, DatasetInfo] = {
         "stanford_cars", "devkit/cars_meta.mat, cars_test_annos_withlabels.mat, cars_test/00001.jpg ... "
         "(train: devkit/cars_train_annos.mat, cars_train/)",
         196, {"train": 8_144, "test": 8_041}, "test", "manual",
-        "the original site is gone; take cars_test.tgz + car_devkit.tgz + cars_test_annos_withlabels.mat "
-        "from a mirror (e.g. Kaggle 'stanford-cars-dataset' / 'cars_test_annos_withlabels'), and "
-        "arrange <root>/stanford_cars/{devkit/cars_meta.mat, cars_test_annos_withlabels.mat, "
-        "cars_test/00001.jpg}"),
+        "cars_test.tgz + car_devkit.tgz + cars_test_annos_withlabels.mat (the Stanford site is gone; "
+        "mirrors: Kaggle 'stanford-cars-dataset' and 'cars_test_annos_withlabels'); arrange them as "
+        "<root>/stanford_cars/devkit/cars_meta.mat, <root>/stanford_cars/cars_test_annos_withlabels.mat, "
+        "<root>/stanford_cars/cars_test/00001.jpg ... 08041.jpg"),
     "PCAM": DatasetInfo(
         "pcam", "camelyonpatch_level_2_split_test_x.h5 (x: N x 96 x 96 x 3 uint8), "
         "camelyonpatch_level_2_split_test_y.h5 (y: N x 1 x 1 x 1)",
