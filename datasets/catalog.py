@@ -80,7 +80,8 @@ INFO: dict[str, DatasetInfo] = {
         "that <root>/caltech256/256_ObjectCategories/001.ak47/001_0001.jpg exists"),
     "StanfordCars": DatasetInfo(
         "stanford_cars", "devkit/cars_meta.mat, cars_test_annos_withlabels.mat, cars_test/00001.jpg ... "
-        "(train: devkit/cars_train_annos.mat, cars_train/)",
+        "(train: devkit/cars_train_annos.mat, cars_train/); or the all-in-one release "
+        "cars_annos.mat + car_ims/000001.jpg ... that the original code reads",
         196, {"train": 8_144, "test": 8_041}, "test", "manual",
         "cars_test.tgz + car_devkit.tgz + cars_test_annos_withlabels.mat (the Stanford site is gone; "
         "mirrors: Kaggle 'stanford-cars-dataset' and 'cars_test_annos_withlabels'); arrange them as "

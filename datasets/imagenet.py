@@ -3,8 +3,8 @@
 Layouts accepted under `<root>/ImageNet/`:
   * `val/<wnid>/*.JPEG` -- ImageFolder, what the original code reads;
   * the flat official layout `val/*.JPEG` with `LOC_val_solution.csv` (Kaggle's
-    ImageId,PredictionString; the first token of PredictionString is the wnid) either in
-    `<root>/ImageNet/` or inside `val/`.
+    ImageId,PredictionString; the first token of PredictionString is the wnid) in
+    `<root>/ImageNet/`, inside `val/`, or in `<root>/`.
 Labels are indices into the sorted wnids present (ImageFolder semantics: the wnid folders;
 in the flat layout: the wnids of the csv), which for the real val set are the 1000 classes.
 Names: third column of `classnames/imagenet_classes_names.txt`, matched by wnid. Note the file
@@ -49,11 +49,11 @@ def _folder_samples(folder, known, root):
 
 def _flat_samples(val, known, root):
     """`val/*.JPEG` + LOC_val_solution.csv; every image must have a row."""
-    candidates = [os.path.join(val, SOLUTION), os.path.join(os.path.dirname(val), SOLUTION)]
+    candidates = [os.path.join(val, SOLUTION), os.path.join(os.path.dirname(val), SOLUTION),
+                  os.path.join(os.path.dirname(os.path.dirname(val)), SOLUTION)]
     csv_path = next((p for p in candidates if os.path.isfile(p)), None)
     if csv_path is None:
-        raise missing(NAME, root, val, f"flat val/*.JPEG layout but no {SOLUTION} in "
-                      f"{candidates[0]} or {candidates[1]}")
+        raise missing(NAME, root, val, f"flat val/*.JPEG layout but no {SOLUTION} in any of {candidates}")
     rows = {}
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)

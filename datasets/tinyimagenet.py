@@ -42,13 +42,19 @@ def _images_in(folder: str) -> list[str]:
 
 
 def train_wnids(base: str, root: str) -> list[str]:
+    """Sorted class wnids: the train/ folders (ImageFolder's order, what the original trains on);
+    without train/, wnids.txt; without that, the 200 wnids of the class-name file."""
     train = os.path.join(base, "train")
-    if not os.path.isdir(train):
-        raise missing(NAME, root, train, "the train/ folder is missing (the class list is read from it)")
-    wnids = sorted(d for d in os.listdir(train) if os.path.isdir(os.path.join(train, d)))
-    if not wnids:
-        raise missing(NAME, root, train, "train/ holds no class folders")
-    return wnids
+    if os.path.isdir(train):
+        wnids = sorted(d for d in os.listdir(train) if os.path.isdir(os.path.join(train, d)))
+        if not wnids:
+            raise missing(NAME, root, train, "train/ holds no class folders")
+        return wnids
+    listed = os.path.join(base, "wnids.txt")
+    if os.path.isfile(listed):
+        with open(listed, encoding="utf-8") as f:
+            return sorted({line.strip() for line in f if line.strip()})
+    return sorted(read_wnid_names("tinyimagenet_classes_name.txt"))
 
 
 def _class_folder_samples(folder: str, wnids: list[str], root: str) -> list[tuple[str, int]]:
@@ -81,7 +87,7 @@ def _raw_val_samples(val: str, wnids: list[str], root: str) -> list[tuple[str, i
             fields = line.rstrip("\r\n").split("\t")
             if len(fields) < 2 or not fields[0] or fields[1] not in index:
                 raise missing(NAME, root, ann_path, f"malformed line {lineno}: {line.rstrip()!r} "
-                              "(want file<TAB>wnid<TAB>bbox with a wnid from train/)")
+                              "(want file<TAB>wnid<TAB>bbox, with a wnid of this dataset)")
             labels[fields[0]] = index[fields[1]]
     files = _images_in(images_dir)
     unlabelled = [f for f in files if f not in labels]
@@ -103,6 +109,8 @@ def tinyimagenet_samples(root: str, split: str) -> tuple[list[tuple[str, int]], 
         raise missing(NAME, root, base, "folder not found")
     wnids = train_wnids(base, root)
     if split == "train":
+        if not os.path.isdir(os.path.join(base, "train")):
+            raise missing(NAME, root, os.path.join(base, "train"), "the train/ folder is missing")
         samples = _class_folder_samples(os.path.join(base, "train"), wnids, root)
     elif split in ("val", "test"):
         val = os.path.join(base, "val")

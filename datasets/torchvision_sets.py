@@ -319,15 +319,37 @@ def cars_name(name: str) -> str:
     return lower_clean(re.sub(r"\s+\d{4}$", "", name))
 
 
+def _cars_from_cars_annos(root: str, split: str, transform):
+    """The all-in-one release the original code reads: stanford_cars/cars_annos.mat (fields
+    relative_im_path 'car_ims/000001.jpg', class (1-based), test (0/1); plus class_names)
+    and stanford_cars/car_ims/. Same classes and split as torchvision's layout."""
+    import scipy.io
+    from torchvision.datasets.folder import default_loader
+    base = os.path.join(root, "stanford_cars")
+    mat = scipy.io.loadmat(os.path.join(base, "cars_annos.mat"), squeeze_me=True)
+    want_test = split == "test"
+    samples = [(os.path.join(base, str(a["relative_im_path"])), int(a["class"]) - 1)
+               for a in mat["annotations"] if bool(int(a["test"])) == want_test]
+    ds = LabelledFiles(samples, transform, default_loader)
+    ds.classes = [str(c) for c in mat["class_names"].tolist()]
+    return ds
+
+
 @register("StanfordCars", "stanford_cars", "stanford-cars", "cars", "stanfordcars196")
 def build_cars(root, split="test", transform=None):
     check_split("StanfordCars", split, ("train", "test"))
-    ann = "stanford_cars/cars_test_annos_withlabels.mat" if split == "test" else \
-        "stanford_cars/devkit/cars_train_annos.mat"
-    require("StanfordCars", root, "stanford_cars", "stanford_cars/devkit/cars_meta.mat", ann,
-            f"stanford_cars/cars_{split}")
-    with torchvision_errors("StanfordCars", root):
-        ds = tvd.StanfordCars(root, split=split, transform=_or(transform, resize_center_crop))
+    transform = _or(transform, resize_center_crop)
+    if os.path.isfile(os.path.join(root, "stanford_cars", "cars_annos.mat")) and \
+            not os.path.isdir(os.path.join(root, "stanford_cars", "devkit")):
+        with torchvision_errors("StanfordCars", root):
+            ds = _cars_from_cars_annos(root, split, transform)
+    else:
+        ann = "stanford_cars/cars_test_annos_withlabels.mat" if split == "test" else \
+            "stanford_cars/devkit/cars_train_annos.mat"
+        require("StanfordCars", root, "stanford_cars", "stanford_cars/devkit/cars_meta.mat", ann,
+                f"stanford_cars/cars_{split}")
+        with torchvision_errors("StanfordCars", root):
+            ds = tvd.StanfordCars(root, split=split, transform=transform)
     names = [str(c) for c in ds.classes]
     return data("StanfordCars", root, ds, names, ["A photo of a {}.".format(cars_name(c)) for c in names])
 

@@ -304,6 +304,24 @@ def write_stanfordcars(root):
                         2: "A photo of a mercedes benz c class sedan."}}
 
 
+def write_stanfordcars_all_in_one(root):
+    """The other official release: cars_annos.mat (relative_im_path, bbox, class, test) + car_ims/."""
+    import scipy.io
+    base = os.path.join(root, "stanford_cars")
+    rows = [("car_ims/000001.jpg", 1, 0), ("car_ims/000002.jpg", 2, 1), ("car_ims/000003.jpg", 1, 1)]
+    fields = ["relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "test"]
+    arr = np.zeros((1, len(rows)), dtype=[(f, "O") for f in fields])
+    for i, (rel, cls, test) in enumerate(rows):
+        arr[0, i] = (np.array([rel]),) + tuple(np.array([[v]], np.uint16) for v in (1, 2, 14, 10)) + (
+            np.array([[cls]], np.uint8), np.array([[test]], np.uint8))
+        _img(os.path.join(base, *rel.split("/")))
+    names = np.empty((1, 2), dtype=object)
+    names[0, :] = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012"]
+    scipy.io.savemat(os.path.join(base, "cars_annos.mat"), {"annotations": arr, "class_names": names})
+    return {"name": "StanfordCars", "split": "test", "count": 2, "num_classes": 2, "labels": [1, 0],
+            "prompts": {1: "A photo of a acura rl sedan."}}
+
+
 def write_pcam(root):
     """h5 files as torchvision reads them: x (N, 96, 96, 3) uint8, y (N, 1, 1, 1) uint8."""
     import h5py

@@ -111,6 +111,21 @@ def test_imagenet_flat_layout_with_solution_csv(tmp_path):
     assert img.shape == (3, 224, 224)
 
 
+def test_stanfordcars_all_in_one_release(tmp_path):
+    spec = F.write_stanfordcars_all_in_one(str(tmp_path))
+    data = D.get_dataset("StanfordCars", str(tmp_path), "test")
+    assert D.dataset_labels(data.dataset) == spec["labels"] and data.prompts[1] == spec["prompts"][1]
+    assert len(D.get_dataset("StanfordCars", str(tmp_path), "train")) == 1
+    assert data.dataset[0][0].shape == (3, 224, 224)
+
+
+def test_tinyimagenet_val_without_train_uses_wnids_txt(tmp_path):
+    spec = F.write_tinyimagenet(str(tmp_path))
+    shutil.rmtree(os.path.join(tmp_path, "tiny-imagenet-200", "train"))
+    data = D.get_dataset("tinyImageNet", str(tmp_path), "val")
+    assert D.dataset_labels(data.dataset) == spec["labels"]
+
+
 # ----------------------------------------------------------------------------- errors
 def test_unknown_name_is_a_clear_error():
     with pytest.raises(D.DatasetError, match="unknown dataset 'imagenet21k'.*Known datasets"):
