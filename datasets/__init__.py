@@ -91,7 +91,7 @@ def check_dataset(name: str, root="./data", split: str | None = None, decode: in
     """Fast pre-flight check: layout and annotation files, sample count, labels in range, and
     `decode` images actually decoded. Raises DatasetError; returns a summary dict with
     `complete` = whether count and class count match the full dataset (SPEC §5)."""
-    from datasets.catalog import INFO
+    from datasets.catalog import INFO, expected_count
     from datasets.common import resolve_root
     canon = canonical_name(name)
     path = resolve_root(root, canon)
@@ -114,8 +114,7 @@ def check_dataset(name: str, root="./data", split: str | None = None, decode: in
                                f"in {data.root}") from e
         if tuple(img.shape[:1]) != (3,):
             raise DatasetError(f"{canon}: sample {i} decoded to shape {tuple(img.shape)}, not 3 channels")
-    expected = INFO[canon].counts.get("all" if INFO[canon].eval_split == "all" and split in
-                                      ("test", "val", "all", "whole") else split) if canon in INFO else None
+    expected = expected_count(canon, split)
     expected_c = INFO[canon].num_classes if canon in INFO else None
     return {"name": canon, "split": split, "path": data.root, "count": n, "num_classes": c,
             "expected_count": expected, "expected_classes": expected_c,

@@ -69,15 +69,15 @@ INFO: dict[str, DatasetInfo] = {
         "caltech101/101_ObjectCategories",
         "<category>/image_0001.jpg ... for the 101 categories (+ BACKGROUND_Google, which is skipped)",
         101, {"all": 8_677}, "all", "manual",
-        "101_ObjectCategories.tar.gz from https://data.caltech.edu/records/mzrjq-6wc02 "
-        "(caltech-101.zip); extract it so that <root>/caltech101/101_ObjectCategories/accordion/"
+        "https://data.caltech.edu/records/mzrjq-6wc02/files/caltech-101.zip; unzip it and extract "
+        "the 101_ObjectCategories.tar.gz inside into <root>/caltech101/, so that <root>/caltech101/101_ObjectCategories/accordion/"
         "image_0001.jpg exists"),
     "Caltech256": DatasetInfo(
         "caltech256/256_ObjectCategories",
         "001.ak47/001_0001.jpg ... 257.clutter/257_0001.jpg (257 folders incl. clutter)",
         257, {"all": 30_607}, "all", "manual",
-        "256_ObjectCategories.tar from https://data.caltech.edu/records/nyy15-4j048; extract it so "
-        "that <root>/caltech256/256_ObjectCategories/001.ak47/001_0001.jpg exists"),
+        "https://data.caltech.edu/records/nyy15-4j048/files/256_ObjectCategories.tar; extract it "
+        "into <root>/caltech256/, so that <root>/caltech256/256_ObjectCategories/001.ak47/001_0001.jpg exists"),
     "StanfordCars": DatasetInfo(
         "stanford_cars", "devkit/cars_meta.mat, cars_test_annos_withlabels.mat, cars_test/00001.jpg ... "
         "(train: devkit/cars_train_annos.mat, cars_train/); or the all-in-one release "
@@ -114,6 +114,16 @@ INFO: dict[str, DatasetInfo] = {
 
 def info(canonical: str) -> DatasetInfo:
     return INFO[canonical]
+
+
+def expected_count(canonical: str, split: str):
+    """Full-size image count of `split` ('test' = the SPEC §5 evaluation split), or None."""
+    i = INFO.get(canonical)
+    if i is None:
+        return None
+    if split == "test" or i.eval_split == "all":
+        split = i.eval_split
+    return i.counts.get(split)
 
 
 def prepare_hint(canonical: str, root: str) -> str:

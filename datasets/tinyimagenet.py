@@ -152,6 +152,9 @@ def download(root: str) -> None:
 
     from tqdm import tqdm
 
+    base = os.path.join(root, FOLDER)
+    if os.path.isdir(os.path.join(base, "train")) and os.path.isdir(os.path.join(base, "val")):
+        return  # already extracted; `prepare --verify` says whether it is complete
     os.makedirs(root, exist_ok=True)
     zip_path = os.path.join(root, "tiny-imagenet-200.zip")
     if not (os.path.isfile(zip_path) and _md5(zip_path) == MD5):
