@@ -1,0 +1,159 @@
+"""Download what can still be downloaded, verify what is on disk, and say what is missing.
+
+    python -m datasets.prepare --root ./data --download all          # fetch + verify everything possible
+    python -m datasets.prepare --root ./data --verify                # check all 16 test sets (+ TinyImageNet train)
+    python -m datasets.prepare --root ./data --verify cifar10 dtd --expect cifar10=4:10
+
+Downloads use torchvision's own `download=True` (same folders as the loaders read), and the
+official TinyImageNet zip (progress bar, md5 check, extracted in place; val stays in its raw
+layout, the loader reads val_annotations.txt). StanfordCars and ImageNet cannot be downloaded;
+for Caltech101/256, PCAM and SUN397 the torchvision links are unreliable (Google Drive, dead
+hosts): a download is attempted and, when it fails, the exact files and layout are printed.
+
+Verification builds each dataset through the registry, checks the annotation files, that the
+labels are in range, that a few images decode, and compares the image and class counts with
+the full dataset (SPEC §5). Status: OK, MISSING (folder absent), INCOMPLETE (fewer images or
+classes than expected), ERROR (present but unreadable). Exit code 1 if any requested dataset
+is not OK. `--expect NAME=COUNT[:CLASSES]` overrides the expected sizes (for partial copies
+and test fixtures).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from datasets import TEST_DATASETS, DatasetError, canonical_name, check_dataset
+from datasets.catalog import INFO, prepare_hint
+
+TORCHVISION_DOWNLOAD = {
+    # canonical name -> list of (torchvision class name, kwargs) whose download=True fetches it
+    "cifar10": [("CIFAR10", {"train": True}), ("CIFAR10", {"train": False})],
+    "cifar100": [("CIFAR100", {"train": True}), ("CIFAR100", {"train": False})],
+    "STL10": [("STL10", {"split": "test"})],
+    "Food101": [("Food101", {"split": "test"})],
+    "oxfordpet": [("OxfordIIITPet", {"split": "test"})],
+    "flowers102": [("Flowers102", {"split": "test"})],
+    "dtd": [("DTD", {"split": "test"})],
+    "EuroSAT": [("EuroSAT", {})],
+    "fgvc_aircraft": [("FGVCAircraft", {"split": "test"})],
+    # unreliable links: attempted, with the manual layout printed on failure
+    "Caltech101": [("Caltech101", {})],
+    "Caltech256": [("Caltech256", {})],
+    "PCAM": [("PCAM", {"split": "test"})],
+    "SUN397": [("SUN397", {})],
+}
+
+
+def download(name: str, root: str) -> str | None:
+    """Fetch one dataset; returns None on success, else a message saying why and what to do."""
+    if name == "tinyImageNet":
+        from datasets.tinyimagenet import URL, download as tiny_download
+        try:
+            tiny_download(root)
+            return None
+        except Exception as e:  # urllib's URLError, socket timeout, md5 mismatch, bad zip ...
+            return (f"download of {URL} failed ({type(e).__name__}: {e}). No internet? Download the zip "
+                    f"elsewhere, put it at {os.path.join(root, 'tiny-imagenet-200.zip')} and re-run this command")
+    if name not in TORCHVISION_DOWNLOAD:
+        return f"{name} cannot be downloaded automatically (see 'how to fix' above)"
+    import torchvision.datasets as tvd
+    os.makedirs(root, exist_ok=True)
+    try:
+        for cls, kwargs in TORCHVISION_DOWNLOAD[name]:
+            getattr(tvd, cls)(root, download=True, **kwargs)
+        return None
+    except Exception as e:  # network errors surface as URLError/OSError/RuntimeError from torchvision
+        msg = f"torchvision download failed ({type(e).__name__}: {e})"
+        if INFO[name].download == "manual":
+            return f"{msg}; the link is known to be unreliable. {prepare_hint(name, root)}"
+        return f"{msg}. No internet? Run this command again on a connected machine with the same --root"
+
+
+def verify(name: str, root: str, split: str | None, expect: dict, decode: int) -> dict:
+    folder = os.path.join(root, INFO[name].folder)
+    row = {"name": name if split is None else f"{name}[{split}]", "path": folder, "count": "-", "detail": ""}
+    try:
+        r = check_dataset(name, root, split, decode=decode)
+    except DatasetError as e:
+        row.update(status="MISSING" if not os.path.exists(folder) else "ERROR", detail=str(e))
+        return row
+    want_n, want_c = expect.get(row["name"], (r["expected_count"], r["expected_classes"]))
+    row["count"] = f"{r['count']}/{want_n}" if want_n is not None else str(r["count"])
+    row["path"] = r["path"]
+    problems = []
+    if want_n is not None and r["count"] != want_n:
+        problems.append(f"{r['count']} images, expected {want_n}")
+    if want_c is not None and r["num_classes"] != want_c:
+        problems.append(f"{r['num_classes']} classes, expected {want_c}")
+    row.update(status="INCOMPLETE" if problems else "OK", detail="; ".join(problems))
+    return row
+
+
+def parse_expect(items) -> dict:
+    out = {}
+    for item in items or []:
+        try:
+            name, sizes = item.split("=", 1)
+            base, bracket, split = name.partition("[")  # "tinyImageNet[train]" names the train split
+            count, _, classes = sizes.partition(":")
+            out[canonical_name(base) + bracket + split] = (int(count), int(classes) if classes else None)
+        except ValueError as e:
+            raise SystemExit(f"--expect wants NAME=COUNT[:CLASSES], got {item!r} ({e})")
+    return out
+
+
+def names_from(values) -> list[str]:
+    if not values or any(v.lower() == "all" for v in values):
+        return list(TEST_DATASETS)
+    return [canonical_name(v) for v in values]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default="./data", help="folder that holds (or will hold) all datasets")
+    p.add_argument("--download", nargs="*", metavar="NAME", help="datasets to fetch ('all' or none = all 16)")
+    p.add_argument("--verify", nargs="*", metavar="NAME", help="datasets to check (none = all 16)")
+    p.add_argument("--expect", nargs="*", metavar="NAME=COUNT[:CLASSES]",
+                   help="override the expected image (and class) count of a dataset; "
+                        "tinyImageNet[train]=N:C for the training split")
+    p.add_argument("--decode", type=int, default=3, help="images decoded per dataset during --verify")
+    args = p.parse_args(argv)
+    root = args.root
+    expect = parse_expect(args.expect)
+
+    failures = {}
+    targets = []
+    if args.download is not None:
+        for name in names_from(args.download):
+            print(f"== {name}: downloading into {root}", flush=True)
+            err = download(name, root)
+            if err:
+                failures[name] = err
+                print(f"   FAILED: {err}", flush=True)
+            targets.append(name)
+    if args.verify is not None or args.download is None:
+        targets += [n for n in names_from(args.verify) if n not in targets]
+
+    rows = []
+    for name in targets:
+        rows.append(verify(name, root, None, expect, args.decode))
+        if name == "tinyImageNet":  # the training set is checked too
+            rows.append(verify(name, root, "train", expect, args.decode))
+    width = max(len(r["name"]) for r in rows) if rows else 10
+    print(f"\n{'dataset':<{width}}  {'status':<10}  {'count':>15}  path")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['status']:<10}  {r['count']:>15}  {r['path']}")
+    bad = [r for r in rows if r["status"] != "OK"]
+    for r in bad:
+        base = r["name"].split("[")[0]
+        print(f"\n[{r['status']}] {r['name']}:\n  {r['detail']}")
+        if base in failures:
+            print(f"  download: {failures[base]}")
+    print(f"\n{len(rows) - len(bad)}/{len(rows)} OK")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
