@@ -1,0 +1,196 @@
+"""Speed benchmark: training step and PGD evaluation step against their FLOP floor.
+
+The unit is one no-grad forward of the visual tower on the batch. A TGA-ZSR step with K
+attack steps needs at least (2K + 7) units: K × (forward + input-only backward) for the
+attack, forward + backward for the adversarial and for the clean images (3 units each), and
+one frozen forward; with `--cache_frozen_maps` after the first epoch, (2K + 6). One PGD
+evaluation step needs 2 units (forward + input-only backward). The benchmark reports each
+time, its ratio to that floor, images/s, the FLOPs of one forward (torch's FlopCounterMode)
+and the achieved GFLOP/s. Median of `--reps` repetitions after `--warmup` warm-up runs.
+
+    python bench.py                                    # ViT-B/32, batch 16, 25 and 200 classes, CPU fp32
+    python bench.py --device cuda --precision amp --batch_size 128 --classes 200
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+from attacks import no_param_grad, pgd
+from clip_model import load_clip
+from methods import FrozenMapCache, StepContext, get_method
+from runtime import autocast, make_scaler, resolve_device, resolve_precision
+
+
+def timed(fn, reps: int, warmup: int, device) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def forward_flops(model, x) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.image_tokens(x)
+    return counter.get_total_flops()
+
+
+def step_args(method: str, k: int, cache: bool) -> SimpleNamespace:
+    """The flags a method step reads, at the paper's defaults."""
+    return SimpleNamespace(Method=method, Alpha=0.08, Beta=0.05, Distance_metric="l2", VPbaseline=False,
+                           train_eps=1.0, train_stepsize=1.0, train_numsteps=k, norm="l_inf",
+                           cache_frozen_maps=cache, atten_methods="text", differentiable_cam=False)
+
+
+def bench_one(model, n_classes: int, args, device, precision: str) -> dict:
+    b, k = args.batch_size, args.train_numsteps
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(b, 3, 224, 224, generator=g).to(device)
+    y = (torch.arange(b) % n_classes).to(device)
+    with torch.no_grad():
+        text = model.encode_text([f"This is a photo of a class{i}" for i in range(n_classes)])
+    visual_params = list(model.visual.parameters())
+    optimizer = torch.optim.SGD(visual_params, lr=1e-12, momentum=0.9)  # tiny lr: weights stay put
+    scaler = make_scaler(device, precision)
+    method = get_method(args.method)
+    frozen = model.frozen_image_tower() if method.needs_frozen else None
+    ctx = StepContext(model=model, text_features=text, args=step_args(method.name, k, False), frozen=frozen)
+    idx = torch.arange(b)
+
+    def unit():
+        with torch.no_grad(), autocast(device, precision):
+            model.image_tokens(x)
+
+    def train_step(context):
+        def run():
+            with autocast(device, precision):
+                loss = method.step(context, x, y, idx)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        return run
+
+    def fwd_full_bwd():
+        with autocast(device, precision):
+            loss = model.logits(x, text).float().logsumexp(1).sum()
+        loss.backward()
+        optimizer.zero_grad(set_to_none=True)
+
+    def fwd_input_bwd():
+        xr = x.clone().requires_grad_(True)
+        with no_param_grad(model.clip), autocast(device, precision):
+            loss = model.logits(xr, text).float().logsumexp(1).sum()
+            torch.autograd.grad(loss, xr)
+
+    def pgd_steps():
+        with no_param_grad(model.clip), autocast(device, precision):
+            pgd(lambda xa: F.cross_entropy(model.logits(xa, text).float(), y, reduction="sum"),
+                x, 1 / 255, 1 / 255, args.pgd_steps)
+
+    model.image_tower.train()
+    r = {"classes": n_classes}
+    t_unit = timed(unit, args.reps, args.warmup, device)
+    r["unit_s"] = t_unit
+    r["fwd_full_bwd_units"] = timed(fwd_full_bwd, args.reps, args.warmup, device) / t_unit
+    r["fwd_input_bwd_units"] = timed(fwd_input_bwd, args.reps, args.warmup, device) / t_unit
+    r["step_s"] = timed(train_step(ctx), args.reps, args.warmup, device)
+    r["step_units"] = r["step_s"] / t_unit
+    floor = 2 * k + 7 if method.needs_frozen else 2 * k + 3
+    r["step_floor_units"] = floor
+    r["step_ratio"] = r["step_units"] / floor
+    if method.needs_frozen:
+        cache = FrozenMapCache(b, model.grid_size, device)
+        cctx = StepContext(model=model, text_features=text, args=step_args(method.name, k, True), frozen=frozen,
+                           map_cache=cache)
+        train_step(cctx)()  # first epoch: fills the cache
+        r["cached_step_s"] = timed(train_step(cctx), args.reps, args.warmup, device)
+        r["cached_step_units"] = r["cached_step_s"] / t_unit
+        r["cached_ratio"] = r["cached_step_units"] / (floor - 1)
+    model.eval()
+    t_pgd = timed(pgd_steps, args.reps, args.warmup, device) / args.pgd_steps
+    r["pgd_step_s"] = t_pgd
+    r["pgd_step_units"] = t_pgd / t_unit
+    r["pgd_step_ratio"] = r["pgd_step_units"] / 2
+    r["pgd100_batch_s"] = 100 * t_pgd + 2 * t_unit  # + the clean and the final forward
+    r["pgd100_ratio"] = r["pgd100_batch_s"] / t_unit / 200
+    r["train_img_per_s"] = b / r["step_s"]
+    r["pgd100_img_per_s"] = b / r["pgd100_batch_s"]
+    return r
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser("TGA-ZSR speed benchmark")
+    p.add_argument("--arch", default="ViT-B-32")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--classes", type=int, nargs="+", default=[25, 200])
+    p.add_argument("--method", default="tga_zsr")
+    p.add_argument("--train_numsteps", type=int, default=2, help="K, the attack steps of training")
+    p.add_argument("--pgd_steps", type=int, default=3, help="attack steps timed for the PGD-step figure")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "amp", "bf16"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the image tower")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--json", default=None, help="append the JSON line to this file")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    torch.manual_seed(0)
+    base = load_clip(args.arch, None, device=device)
+    x = torch.rand(args.batch_size, 3, 224, 224, device=device)
+    flops = forward_flops(base, x)
+    rows = []
+    for c in args.classes:
+        model = copy.deepcopy(base)
+        if args.compile:
+            model.image_tower.forward = torch.compile(model.image_tower.forward)
+        r = bench_one(model, c, args, device, precision)
+        r["gflops_per_forward"] = flops / 1e9
+        r["achieved_gflop_s"] = flops / r["unit_s"] / 1e9
+        if device.type == "cuda":
+            r["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
+        rows.append(r)
+    meta = {"arch": args.arch, "batch_size": args.batch_size, "method": args.method, "K": args.train_numsteps,
+            "device": str(device), "precision": precision, "threads": torch.get_num_threads(),
+            "compile": args.compile, "torch": torch.__version__}
+    print(f"benchmark {json.dumps(meta)}")
+    cols = [("classes", "{:d}"), ("unit_s", "{:.3f}"), ("fwd_full_bwd_units", "{:.2f}"),
+            ("fwd_input_bwd_units", "{:.2f}"), ("step_units", "{:.2f}"), ("step_ratio", "{:.3f}"),
+            ("cached_step_units", "{:.2f}"), ("cached_ratio", "{:.3f}"), ("pgd_step_units", "{:.2f}"),
+            ("pgd_step_ratio", "{:.3f}"), ("pgd100_batch_s", "{:.1f}"), ("train_img_per_s", "{:.2f}"),
+            ("achieved_gflop_s", "{:.1f}")]
+    print("| " + " | ".join(c for c, _ in cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(f.format(r[c]) if c in r else "–" for c, f in cols) + " |")
+    line = json.dumps({**meta, "results": rows})
+    print(line)
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
