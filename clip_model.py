@@ -126,6 +126,10 @@ class ImageTower(nn.Module):
             x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False)
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
+    def cls_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled CLS embedding only: open_clip's own visual forward."""
+        return self.visual(self.preprocess(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # open_clip's public forward_intermediates: the last block's patch tokens through
         # ln_post (normalize_intermediates) and the pooled CLS after ln_post and proj, in one
@@ -186,9 +190,15 @@ class ClipModel(nn.Module):
         cls = F.normalize(tokens[:, 0], dim=-1)
         return self.logit_scale * cls @ text_features.t().to(cls.dtype)
 
+    def image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, D]` CLS embedding (unnormalised) = `image_tokens(x)[:, 0]`, without projecting the
+        patch tokens: the cheaper path for attacks and evaluation, which only need logits."""
+        return self.image_tower.cls_features(x)
+
     def logits(self, x: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """`exp(logit_scale) · norm(CLS) · text_featuresᵀ` for pixels x in [0, 1]."""
-        return self.logits_from_tokens(self.image_tokens(x), text_features)
+        cls = F.normalize(self.image_features(x), dim=-1)
+        return self.logit_scale * cls @ text_features.t().to(cls.dtype)
 
     def frozen_image_tower(self) -> ImageTower:
         """A frozen copy of the visual tower only (the text tower stays shared)."""
