@@ -68,8 +68,8 @@ def pyplot():
 def save_figure(fig, out_dir: Path, stem: str, dpi: int, pdf: bool = True, png_colors: int = 0) -> list[Path]:
     """PNG (and PDF) at the figure's own size (no tight bbox: the pixel size is figsize × dpi).
 
-    `png_colors` > 0 stores the PNG with a palette of that many colours (no dithering): image
-    panels full of pixel noise otherwise make multi-megabyte PNGs (the docs examples use it).
+    `png_colors` > 0 stores the PNG with a dithered palette of that many colours: image panels
+    full of pixel noise otherwise make multi-megabyte PNGs (the docs examples use it).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,9 @@ def save_figure(fig, out_dir: Path, stem: str, dpi: int, pdf: bool = True, png_c
             buf = io.BytesIO()
             fig.savefig(buf, dpi=dpi, format="png")
             rgb = Image.open(buf).convert("RGB")
-            rgb.quantize(png_colors, dither=Image.Dither.NONE).save(tmp, format="png", optimize=True)
+            # an octree palette (keeps the colour map's hues) with Floyd–Steinberg dithering (no banding)
+            palette = rgb.quantize(png_colors, method=Image.Quantize.FASTOCTREE)
+            rgb.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(tmp, format="png", optimize=True)
         else:
             fig.savefig(tmp, dpi=dpi)
         tmp.replace(p)  # a reader never sees half a file (the loss curve is rewritten each epoch)
@@ -325,8 +327,10 @@ def draw_trade_off(points: list[dict], title: str = ""):
         ys = [p["robust"] for p in points]
         colours = [plt.get_cmap("tab10")(i % 10) for i in range(len(points))]
         ax.scatter(xs, ys, c=colours, s=60, zorder=3, edgecolors="black", linewidths=0.6)
-        for p, x, y in zip(points, xs, ys):
-            ax.annotate(p["label"], (x, y), xytext=(6, 5), textcoords="offset points", fontsize=10)
+        for i, (p, x, y) in enumerate(zip(points, xs, ys)):
+            # points on (nearly) the same spot get their labels stacked, not printed over each other
+            below = sum(abs(x - xs[j]) < 1.0 and abs(y - ys[j]) < 1.0 for j in range(i))
+            ax.annotate(p["label"], (x, y), xytext=(6, 5 + 13 * below), textcoords="offset points", fontsize=10)
         # A square view with equal aspect, so the iso-Average lines run at −45° and read as such.
         span = min(104.0, max(20.0, 1.3 * max(max(xs) - min(xs), max(ys) - min(ys))))
         x0 = min(max(-2.0, (max(xs) + min(xs) - span) / 2), 102.0 - span)
@@ -461,7 +465,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default=None, help="output folder (default: the run folder)")
     g.add_argument("--dpi", type=int, default=150, help="PNG resolution")
     g.add_argument("--png_colors", type=int, default=0,
-                   help="store PNGs with a palette of N colours (0: full colour); for small files")
+                   help="store PNGs with a dithered palette of N colours (0: full colour); for small files")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     return p
 
