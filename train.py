@@ -222,11 +222,11 @@ class Trainer:
                 if epoch_done:
                     self.epoch += 1
                     self.batch_in_epoch = 0
-                if epoch_done or stop:
-                    self.plot_history()
                 if (args.save_freq and self.step % args.save_freq == 0) or epoch_done or stop:
                     self._check_finite(bad, terms)
                     self.save()
+                if epoch_done or stop:
+                    self.plot_history()
                 if stop:
                     break
             bar.close()
