@@ -72,6 +72,11 @@ def test_attention_rows_use_the_evaluation_attack(run):
         assert m.shape == (2, 224, 224) and m.min() >= 0 and m.max() <= 1
     # the fine-tuned tower differs from the original: its map on the same image differs too
     assert not torch.allclose(rows["map_orig_adv"], rows["map_ft_adv"])
+    assert torch.equal(rows["adv_orig"], rows["adv"])  # default: one PGD image for both models
+    own = visualize.attention_rows(original, finetuned, data, idx, settings, torch.device("cpu"), attack_original=True)
+    with frozen_params(original):
+        expected = attack_batch(original, x, y, torch.tensor(idx), original.encode_text(data.prompts), settings)
+    assert torch.equal(own["adv_orig"], expected) and not torch.equal(own["adv_orig"], own["adv"])
 
 
 def test_original_model_is_the_runs_start_and_plot_errors_are_soft(tmp_path, monkeypatch, capsys):
