@@ -24,13 +24,35 @@ ensure_env() {
   PY=.venv/bin/python
 }
 
+# The value of flag $1 among the remaining arguments (last one wins, as in argparse), else $2.
+flag_value() {
+  local flag="$1" value="$2"; shift 2
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      "$flag") value="${2:-$value}"; shift ;;
+      "$flag"=*) value="${1#*=}" ;;
+    esac
+    shift
+  done
+  printf '%s' "$value"
+}
+
 job="${1:-smoke}"; shift || true
 ensure_env
 
 case "$job" in
   smoke)
-    # Embedded default: TGA-ZSR on the tiny model and synthetic data, then the results table.
-    "$PY" tga_zsr.py -c configs/smoke.yaml --device cpu --name "smoke-$(date +%Y%m%d-%H%M%S)" "$@"
+    # Embedded default: TGA-ZSR on the tiny model and synthetic data, then the results table
+    # (training writes loss_curve.png); then its starting model evaluated as the CLIP baseline
+    # (<run>/clip_start), and the figures: attention_grid.png/.pdf and trade_off.png/.pdf (the
+    # run vs its start) in the run folder, as small palette PNGs (docs/figures/ shows them).
+    run="smoke-$(date +%Y%m%d-%H%M%S)"
+    "$PY" tga_zsr.py -c configs/smoke.yaml --device cpu --name "$run" "$@"
+    run_dir="$(flag_value --output_dir ./checkpoints "$@")/$(flag_value --name "$run" "$@")"
+    "$PY" tga_zsr.py -c configs/smoke.yaml --device cpu "$@" --Method CLIP --epochs 0 \
+      --output_dir "$run_dir" --name clip_start
+    "$PY" visualize.py --resume "$run_dir" --trade_off "$run_dir/clip_start" "$run_dir" --out "$run_dir" \
+      --n_images 3 --dpi 80 --png_colors 160 --device cpu
     ;;
   test)
     "$PY" -m pytest -q tests "$@"

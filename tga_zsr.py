@@ -8,6 +8,7 @@ zero-shot accuracy on the test datasets (SPEC §5).
     python tga_zsr.py -c configs/smoke.yaml                      # tiny model, synthetic data, CPU
     python tga_zsr.py --Method TGA-ZSR --Alpha 0.08 --Beta 0.05  # the paper's run (GPU)
     python tga_zsr.py --eval_only --resume checkpoints/<run>      # evaluate a run
+    python tga_zsr.py --visualize --resume checkpoints/<run>      # attention grid (visualize.py)
 """
 from __future__ import annotations
 
@@ -144,6 +145,10 @@ def evaluate_run(args, model, run_dir: Path, checkpoint_desc: str, device, preci
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--visualize" in argv:  # figures have their own flags: see visualize.py --help
+        from visualize import main as visualize_main
+        return visualize_main([a for a in argv if a != "--visualize"])
     args = parse_args(argv)
     if args.table:
         from make_table import main as table_main

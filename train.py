@@ -174,6 +174,16 @@ class Trainer:
                 f"non-finite loss at epoch {self.epoch} step {self.step}: {shown}. The run stops here; the last "
                 f"checkpoint in {self.run_dir} predates it. Lower --learning_rate or use --precision fp32.")
 
+    def plot_history(self) -> None:
+        """<run>/loss_curve.png from history.jsonl (rank 0). A plotting error never stops training."""
+        if self.rank != 0:
+            return
+        try:
+            from visualize import plot_loss_curve  # matplotlib is imported only here
+            plot_loss_curve(self.run_dir)
+        except Exception as e:  # noqa: BLE001  (any failure of a figure is only a warning)
+            log.warning(f"loss curve not written ({type(e).__name__}: {e}); training continues")
+
     def fit(self) -> None:
         args = self.args
         history = self.run_dir / "history.jsonl"
@@ -215,6 +225,8 @@ class Trainer:
                 if (args.save_freq and self.step % args.save_freq == 0) or epoch_done or stop:
                     self._check_finite(bad, terms)
                     self.save()
+                if epoch_done or stop:
+                    self.plot_history()
                 if stop:
                     break
             bar.close()
