@@ -34,11 +34,25 @@ from train import NonFiniteLoss, Trainer
 log = logging.getLogger("tga_zsr")
 
 
+class _CurrentStdout(logging.StreamHandler):
+    """Writes to whatever sys.stdout is now (tests and notebooks swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
 def setup_logging(run_dir: Path | None, rank: int = 0) -> None:
     log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    for old in log.handlers:
+        old.close()
     log.handlers.clear()
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-    h = logging.StreamHandler(sys.stdout)
+    h = _CurrentStdout()
     h.setFormatter(fmt)
     log.addHandler(h)
     if run_dir is not None and rank == 0:
