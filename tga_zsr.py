@@ -148,7 +148,6 @@ def evaluate_run(args, model, run_dir: Path, checkpoint_desc: str, device, preci
     return rows
 
 
-@record  # under torchrun: the failing rank's traceback is shown in torchrun's error summary
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.table:
@@ -225,4 +224,5 @@ def run(args, dist_info) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # record: under torchrun, the failing rank's traceback goes into torchrun's error summary
+    sys.exit(record(main)())

@@ -11,6 +11,7 @@ attack itself is exercised under DDP in the resume case (eps 4/255), which must 
     python -m pytest -q tests/test_distributed.py
 """
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,15 @@ def _cases(runs: Path) -> dict:
     }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread here, as in each worker: on a shared 2-core CPU more threads only spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
@@ -51,7 +61,7 @@ def ddp(tmp_path_factory):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "tests" / "ddp_worker.py"), str(tmp / "cases.json"), str(records)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     recs = [json.loads((records / f"rank{r}.json").read_text()) for r in (0, 1)]
     return {"runs": runs, "records": recs, "stdout": proc.stdout}
