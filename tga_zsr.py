@@ -159,13 +159,15 @@ def main(argv=None) -> int:
     except BaseException as e:
         if dist_info.world > 1 and not (isinstance(e, SystemExit) and e.code in (0, None)):
             # torchrun stops the other ranks when this one exits non-zero; say which one failed.
-            log.error(f"rank {dist_info.rank}/{dist_info.world} failed: {type(e).__name__}: {e}", exc_info=True)
+            log.error(f"rank {dist_info.rank}/{dist_info.world} failed: {type(e).__name__}: {e}",
+                      exc_info=not isinstance(e, SystemExit))
         raise
     finally:
         distributed.cleanup(dist_info)
 
 
-def run(args, dist_info) -> int:
+def run(args, dist_info: distributed.DistInfo) -> int:
+    """Train (unless eval-only or CLIP) and evaluate, as one process or one torchrun rank."""
     method = get_method(args.Method)
     args.Method = method.name
     device = dist_info.device
