@@ -174,6 +174,8 @@ class Trainer:
             if rngs is not None:
                 state["rng_per_rank"] = rngs
             atomic_save(state, self.run_dir / CHECKPOINT_NAME)
+        if self.world > 1:  # no rank runs ahead of a checkpoint that is not on disk yet (a resume reads it)
+            distributed.barrier()
 
     # --- loop ----------------------------------------------------------------------------
     def loader(self) -> DataLoader:
