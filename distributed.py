@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import logging
 import os
 from dataclasses import dataclass
 
@@ -33,8 +32,6 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from runtime import resolve_device
-
-log = logging.getLogger("tga_zsr")
 
 
 @dataclass(frozen=True)
@@ -156,7 +153,7 @@ def broadcast_from_main(obj):
 
 def gather_objects(obj) -> list:
     """Every rank's value of a small picklable object, in rank order, on every rank."""
-    rank, world = rank_world()
+    world = rank_world()[1]
     if world == 1:
         return [obj]
     out = [None] * world
@@ -204,7 +201,7 @@ def grad_sync(ddp: DistributedDataParallel | None, sync: bool):
 def average_gradients(params: list) -> None:
     """All-reduce mean of the gradients of trainable tensors outside the DDP module (e.g. a
     text tower some method trains); DDP already averages the tower's own."""
-    rank, world = rank_world()
+    world = rank_world()[1]
     if world == 1:
         return
     for p in params:
