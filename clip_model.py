@@ -172,8 +172,20 @@ class ClipModel(nn.Module):
         g = self.visual.grid_size
         return g[0] if isinstance(g, (tuple, list)) else g
 
+    # DistributedDataParallel around image_tower during multi-GPU training (distributed.py),
+    # set with object.__setattr__ so that it is not a submodule (state_dict keys unchanged).
+    ddp_tower = None
+
+    def _trains_through_ddp(self) -> bool:
+        """Only forwards that will be back-propagated into the weights go through DDP: the PGD
+        attack (parameter grads off) and evaluation (eval mode, no grad) use the plain tower."""
+        return (self.ddp_tower is not None and torch.is_grad_enabled() and self.image_tower.training
+                and any(p.requires_grad for p in self.image_tower.parameters()))
+
     def image_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, 1+N, D]`: CLS then patch tokens, after ln_post and the projection."""
+        if self._trains_through_ddp():
+            return self.ddp_tower(x)
         return self.image_tower(x)
 
     def encode_text(self, prompts: list[str], normalize: bool = True, chunk: int = 1000) -> torch.Tensor:

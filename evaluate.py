@@ -4,7 +4,8 @@ appended to `<run>/results.jsonl` as each dataset finishes; a rerun skips what i
 Cost per batch: text features once per dataset, the attack's gradients w.r.t. the input only
 (every model parameter has requires_grad off during evaluation), model in eval mode.
 The random start of PGD is drawn per sample from (seed, sample index), so accuracies do not
-depend on the batch size.
+depend on the batch size, nor on how torchrun processes share the samples: each rank takes
+`range(rank, n, world)` and the correct counts are summed exactly (distributed.py).
 
     python tga_zsr.py --eval_only --resume checkpoints/<run> --testdata cifar10 STL10
     python tga_zsr.py --table checkpoints/run_a checkpoints/run_b
@@ -19,9 +20,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+import distributed
 from attacks import ce_loss_sum, cw_loss, pgd, random_init
 from runtime import autocast
 from train import Indexed
@@ -72,14 +74,20 @@ def attack_batch(model, x, y, idx, text_features, settings: dict) -> torch.Tenso
 
 def evaluate_dataset(model, data, text_features, settings: dict, device, precision: str,
                      batch_size: int = 256, workers: int = 0, show_progress: bool = True) -> dict:
-    """Clean and robust top-1 (in %) of `model` on `data` (a ZeroShotData)."""
-    loader = DataLoader(Indexed(data.dataset), batch_size=batch_size, shuffle=False, num_workers=workers,
+    """Clean and robust top-1 (in %) of `model` on `data` (a ZeroShotData).
+
+    Under torchrun each rank evaluates its shard (`batch_size` per rank) and the counts are summed."""
+    rank, world = distributed.rank_world()
+    samples = Indexed(data.dataset)
+    if world > 1:  # no DistributedSampler: its padding would count some samples twice
+        samples = Subset(samples, distributed.shard_indices(len(samples), rank, world))
+    loader = DataLoader(samples, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
     model.eval()
     n = clean = robust = 0
     t0 = time.time()
-    bar = tqdm(total=len(data.dataset), unit="img", desc=f"eval {data.name}", dynamic_ncols=True,
-               disable=not show_progress)
+    bar = tqdm(total=len(samples), unit="img", desc=f"eval {data.name}", dynamic_ncols=True,
+               disable=not show_progress or rank != 0)
     with frozen_params(model):
         for x, y, idx in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -93,6 +101,7 @@ def evaluate_dataset(model, data, text_features, settings: dict, device, precisi
             bar.update(y.numel())
             bar.set_postfix(clean=f"{100 * clean / n:.2f}", robust=f"{100 * robust / n:.2f}")
     bar.close()
+    n, clean, robust = distributed.sum_over_ranks([n, clean, robust])
     return {"n": n, "clean_acc": 100.0 * clean / max(1, n), "robust_acc": 100.0 * robust / max(1, n),
             "seconds": round(time.time() - t0, 2)}
 

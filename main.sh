@@ -6,6 +6,8 @@
 #   bash main.sh tga_zsr    # the paper's TGA-ZSR run: ViT-B/32, TinyImageNet, 16 test sets (GPU)
 #
 # Extra arguments are passed on to the Python command, e.g. `bash main.sh tga_zsr --Alpha 0.1`.
+# Several GPUs: NPROC=4 bash main.sh tga_zsr   (torchrun, one process per GPU; --batch_size stays
+# the global batch). Several nodes: also NNODES, NODE_RANK, MASTER_ADDR (and MASTER_PORT) per node.
 # An active virtualenv (or a python3 that already has the requirements) is used as is;
 # otherwise .venv is created from requirements.txt on first use (FORCE_VENV=1 forces it).
 set -euo pipefail
@@ -40,6 +42,20 @@ flag_value() {
 job="${1:-smoke}"; shift || true
 ensure_env
 
+# Launcher: plain python, or torchrun when NPROC > 1 or NNODES > 1 (distributed.py).
+NPROC="${NPROC:-1}"; NNODES="${NNODES:-1}"
+if [ "$NPROC" -gt 1 ] || [ "$NNODES" -gt 1 ]; then
+  if [ "$NNODES" -gt 1 ]; then
+    : "${NODE_RANK:?set NODE_RANK (0..NNODES-1) on each node}" "${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}"
+    RUN=("$PY" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NPROC"
+         --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}")
+  else
+    RUN=("$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC")
+  fi
+else
+  RUN=("$PY")
+fi
+
 case "$job" in
   smoke)
     # Embedded default: TGA-ZSR on the tiny model and synthetic data, then the results table
@@ -47,7 +63,7 @@ case "$job" in
     # (<run>/clip_start), and the figures: attention_grid.png/.pdf and trade_off.png/.pdf (the
     # run vs its start) in the run folder, as small palette PNGs (docs/figures/ shows them).
     run="smoke-$(date +%Y%m%d-%H%M%S)"
-    "$PY" tga_zsr.py -c configs/smoke.yaml --device cpu --name "$run" "$@"
+    "${RUN[@]}" tga_zsr.py -c configs/smoke.yaml --device cpu --name "$run" "$@"
     run_dir="$(flag_value --output_dir ./checkpoints "$@")/$(flag_value --name "$run" "$@")"
     "$PY" tga_zsr.py -c configs/smoke.yaml --device cpu "$@" --Method CLIP --epochs 0 \
       --output_dir "$run_dir" --name clip_start
@@ -60,7 +76,13 @@ case "$job" in
   tga_zsr)
     # TGA-ZSR (README row "TGA-ZSR"): lr 1e-4, batch 128, 10 epochs, eps 1/255, 2 PGD steps,
     # Alpha 0.08, Beta 0.05, l2 distance; evaluated with PGD-100 at 1/255 on all 16 datasets.
-    "$PY" tga_zsr.py --Method TGA-ZSR --arch vit_b32 --pretrained openai --dataset tinyImageNet --root ./data \
+    # One GPU:    python tga_zsr.py --Method TGA-ZSR ...   (the command below)
+    # Four GPUs:  torchrun --nproc_per_node 4 tga_zsr.py --Method TGA-ZSR ...   (= NPROC=4 bash main.sh tga_zsr)
+    #             global batch 128 = 32 per GPU; add --accum_steps 2 for 16 per GPU on small-memory GPUs
+    # Two nodes of 8 GPUs (run on each node, NODE_RANK 0 and 1; run folder and data on a shared disk):
+    #   torchrun --nnodes 2 --node_rank $NODE_RANK --nproc_per_node 8 --master_addr $MASTER_ADDR \
+    #     --master_port 29500 tga_zsr.py --Method TGA-ZSR ...   (= NNODES=2 NODE_RANK=.. MASTER_ADDR=.. NPROC=8 bash main.sh tga_zsr)
+    "${RUN[@]}" tga_zsr.py --Method TGA-ZSR --arch vit_b32 --pretrained openai --dataset tinyImageNet --root ./data \
       --batch_size 128 --learning_rate 1e-4 --epochs 10 --warmup 1000 --train_eps 1 --train_numsteps 2 \
       --train_stepsize 1 --Alpha 0.08 --Beta 0.05 --Distance_metric l2 --test_eps 1 --test_numsteps 100 \
       --test_stepsize 1 "$@"

@@ -56,7 +56,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("Optimizer and schedule")
     g.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
     g.add_argument("--learning_rate", type=float, default=1e-4)
-    g.add_argument("--batch_size", type=int, default=128)
+    g.add_argument("--batch_size", type=int, default=128,
+                   help="global batch: split over the torchrun processes and --accum_steps micro-batches")
+    g.add_argument("--accum_steps", type=int, default=1,
+                   help="gradient accumulation: micro-batches per optimiser step (same maths, less memory)")
     g.add_argument("--epochs", type=int, default=10)
     g.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (0: whole schedule)")
     g.add_argument("--warmup", type=int, default=1000)
@@ -89,6 +92,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--save_freq", type=int, default=50, help="checkpoint every N steps (0: only per epoch)")
     g.add_argument("--tensorboard", action="store_true", help="log scalars to <run>/tb")
     g.add_argument("--no_eval", action="store_true", help="skip the evaluation after training")
+    g.add_argument("--dist_timeout", type=float, default=30.0,
+                   help="minutes a torchrun process waits in a collective before the run fails")
     return p
 
 
@@ -107,7 +112,7 @@ def method_config_path(method: str) -> Path | None:
 
 
 # Flags that describe this invocation, not the run: never taken from a run's args.yaml.
-PER_INVOCATION = {"resume", "eval_only", "table", "max_steps", "config", "device", "gpu", "no_eval"}
+PER_INVOCATION = {"resume", "eval_only", "table", "max_steps", "config", "device", "gpu", "no_eval", "dist_timeout"}
 
 
 def run_args_of(resume: str | None) -> dict:

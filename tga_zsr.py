@@ -9,6 +9,7 @@ zero-shot accuracy on the test datasets (SPEC §5).
     python tga_zsr.py --Method TGA-ZSR --Alpha 0.08 --Beta 0.05  # the paper's run (GPU)
     python tga_zsr.py --eval_only --resume checkpoints/<run>      # evaluate a run
     python tga_zsr.py --visualize --resume checkpoints/<run>      # attention grid (visualize.py)
+    torchrun --nproc_per_node 4 tga_zsr.py --Method TGA-ZSR       # 4 GPUs (distributed.py)
 """
 from __future__ import annotations
 
@@ -20,15 +21,17 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch.distributed.elastic.multiprocessing.errors import record
 
 import datasets as ds_registry
+import distributed
 from checkpoint import CHECKPOINT_NAME, load_file, load_visual_weights, resolve_checkpoint
 from clip_model import load_clip
 from evaluate import append_result, evaluate_dataset, find_done, format_table, read_results
 from losses import tga_zsr_loss  # noqa: F401  (public API: from tga_zsr import tga_zsr_loss)
 from methods import FrozenMapCache, StepContext, canonical_method, get_method
 from params import parse_args
-from runtime import environment, resolve_device, resolve_precision, seed_everything
+from runtime import environment, resolve_precision, seed_everything
 from train import NonFiniteLoss, Trainer
 
 log = logging.getLogger("tga_zsr")
@@ -46,12 +49,13 @@ class _CurrentStdout(logging.StreamHandler):
         pass
 
 
-def setup_logging(run_dir: Path | None, rank: int = 0) -> None:
+def setup_logging(run_dir: Path | None, rank: int = 0, world: int = 1) -> None:
     log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     for old in log.handlers:
         old.close()
     log.handlers.clear()
-    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    fmt = logging.Formatter("%(asctime)s " + (f"[rank {rank}/{world}] " if world > 1 else "") + "%(message)s",
+                            "%H:%M:%S")
     h = _CurrentStdout()
     h.setFormatter(fmt)
     log.addHandler(h)
@@ -133,7 +137,7 @@ def build_model(args, device):
 def evaluate_run(args, model, run_dir: Path, checkpoint_desc: str, device, precision: str) -> list[dict]:
     """Evaluate on every --testdata, one results.jsonl line per dataset; skips what is done."""
     results_path = run_dir / "results.jsonl"
-    done_rows = read_results(results_path)
+    done_rows = distributed.broadcast_from_main(read_results(results_path))  # every rank skips the same sets
     settings = {"attack": args.attack, "norm": args.norm, "eps": args.test_eps, "steps": args.test_numsteps,
                 "step_size": args.test_stepsize, "precision": precision, "n_samples": args.n_samples,
                 "seed": args.seed, "checkpoint": checkpoint_desc}
@@ -151,7 +155,8 @@ def evaluate_run(args, model, run_dir: Path, checkpoint_desc: str, device, preci
         res = evaluate_dataset(model, data, text, settings, device, precision, args.test_batch_size, args.workers)
         row = {"dataset": canon, **res, **settings, "method": canonical_method(args.Method),
                "run": run_dir.name, "classes": len(data.classnames)}
-        append_result(results_path, row)
+        if distributed.is_main():
+            append_result(results_path, row)
         log.info(f"{canon}: clean {res['clean_acc']:.2f}  robust {res['robust_acc']:.2f}  (n={res['n']})")
         rows.append(row)
     log.info("\n" + format_table(rows))
@@ -167,17 +172,34 @@ def main(argv=None) -> int:
     if args.table:
         from make_table import main as table_main
         return table_main(args.table)
+    dist_info = distributed.init_distributed(args.device, args.dist_timeout)
+    try:
+        return run(args, dist_info)
+    except BaseException as e:
+        if dist_info.world > 1 and not (isinstance(e, SystemExit) and e.code in (0, None)):
+            # torchrun stops the other ranks when this one exits non-zero; say which one failed.
+            log.error(f"rank {dist_info.rank}/{dist_info.world} failed: {type(e).__name__}: {e}",
+                      exc_info=not isinstance(e, SystemExit))
+        raise
+    finally:
+        distributed.cleanup(dist_info)
+
+
+def run(args, dist_info: distributed.DistInfo) -> int:
+    """Train (unless eval-only or CLIP) and evaluate, as one process or one torchrun rank."""
     method = get_method(args.Method)
     args.Method = method.name
-    device = resolve_device(args.device)
+    device = dist_info.device
     precision = resolve_precision(args.precision, device)
     train = method.trains and args.epochs > 0 and not args.eval_only
 
     run_dir, resume_ckpt = prepare_run_dir(args, method.name)
     check_datasets(args, train)
-    write_run_header(run_dir, args)
-    setup_logging(run_dir)
-    log.info(f"run folder {run_dir}  device {device}  precision {precision}")
+    if dist_info.main:
+        write_run_header(run_dir, args)
+    setup_logging(run_dir, dist_info.rank, dist_info.world)
+    log.info(f"run folder {run_dir}  device {device}  precision {precision}"
+             + (f"  {dist_info.world} processes" if dist_info.world > 1 else ""))
     seed_everything(args.seed)
     model = build_model(args, device)
 
@@ -189,18 +211,22 @@ def main(argv=None) -> int:
         frozen = model.frozen_image_tower() if method.needs_frozen else None
         cache = FrozenMapCache(len(train_data), model.grid_size, device) if args.cache_frozen_maps else None
         ctx = StepContext(model=model, text_features=text, args=args, frozen=frozen, map_cache=cache)
+        distributed.seed_rank_streams(args.seed)  # model built alike on all ranks; PGD starts differ
         writer = None
-        if args.tensorboard:
+        if args.tensorboard and dist_info.main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 writer = SummaryWriter(str(run_dir / "tb"))
             except ImportError:
                 log.warning("--tensorboard: tensorboard is not installed, scalars not written")
-        trainer = Trainer(args, model, method, ctx, train_data, run_dir, device, precision, writer=writer)
+        trainer = Trainer(args, model, method, ctx, train_data, run_dir, device, precision,
+                          rank=dist_info.rank, world=dist_info.world, writer=writer)
         if resume_ckpt is not None:
             trainer.load_state_dict(load_file(resume_ckpt))
             log.info(f"resumed from {resume_ckpt} at step {trainer.step} (epoch {trainer.epoch})")
-        log.info(f"training {method.name}: {trainer.total_steps} steps of batch {args.batch_size}")
+        log.info(f"training {method.name}: {trainer.total_steps} steps of batch {args.batch_size}"
+                 + (f" ({trainer.micro_batch} per micro-batch: {dist_info.world} processes x "
+                    f"{trainer.accum_steps} accumulation steps)" if trainer.micro_batch != args.batch_size else ""))
         try:
             trainer.fit()
         except NonFiniteLoss as e:
@@ -219,4 +245,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # record: under torchrun, the failing rank's traceback goes into torchrun's error summary
+    sys.exit(record(main)())

@@ -5,6 +5,13 @@ The sample order of epoch e is a permutation drawn from `seed + e` (DistributedS
 scheme), so a resumed run can skip the batches already done without touching the global RNG;
 the global RNG (PGD random starts) is restored from the checkpoint. Together these make a
 resumed run end with the same weights as an uninterrupted one (tests/test_train.py).
+
+Under torchrun (distributed.py) `--batch_size` stays the global batch: each of the W ranks
+takes batch/W samples of it (the sampler interleaves ranks, so the union is one process's
+batch) in `--accum_steps` K micro-batches of batch/(W·K); each micro-batch loss is weighted by
+its share of the rank's batch, DDP averages over ranks, and there is one optimiser step and
+one LR update per global batch. The schedule is counted in global steps, `len(loader)·epochs`
+of the global batch, whatever W and K are (tests/test_distributed.py).
 """
 from __future__ import annotations
 
@@ -19,8 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+import distributed
 from checkpoint import CHECKPOINT_NAME, atomic_save
-from runtime import autocast, make_scaler, rng_state, set_rng_state
+from runtime import autocast, make_scaler, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("tga_zsr")
 
@@ -109,11 +117,21 @@ class Trainer:
         self.rank, self.world, self.writer = rank, world, writer
         self.dataset = Indexed(train_data.dataset)
         self.sampler = ResumableSampler(self.dataset, num_replicas=world, rank=rank, seed=args.seed)
-        self.batch_size = args.batch_size
+        self.accum_steps = max(1, int(getattr(args, "accum_steps", 1)))
+        if args.batch_size % (world * self.accum_steps):
+            raise SystemExit(f"--batch_size {args.batch_size} is the global batch: it must split evenly over "
+                             f"{world} process(es) x {self.accum_steps} accumulation step(s), i.e. be a multiple "
+                             f"of {world * self.accum_steps}")
+        self.batch_size = args.batch_size // world          # this rank's share of the global batch
+        self.micro_batch = self.batch_size // self.accum_steps
         self.params = [p for p in trainable_parameters(model, args.last_num_ft)]
         extra = getattr(model, "extra_trainable", None)
         if extra:
             self.params += list(extra)
+        # DDP over the image tower; trainable tensors outside it get their gradients averaged.
+        self.ddp = distributed.wrap_trainable(model, device)
+        owned = {id(p) for p in self.ddp.module.parameters()} if self.ddp is not None else set()
+        self.unsynced = [p for p in self.params if id(p) not in owned] if world > 1 else []
         self.optimizer = build_optimizer(args, self.params)
         self.scaler = make_scaler(device, precision)
         self.steps_per_epoch = math.ceil(self.sampler.num_samples / self.batch_size)
@@ -128,7 +146,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return {**trainable_state(self.model), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
-                "batch_in_epoch": self.batch_in_epoch, "rng": rng_state(),
+                "batch_in_epoch": self.batch_in_epoch, "rng": rng_state(), "world": self.world,
                 "args": {k: v for k, v in vars(self.args).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
                 "meta": {"arch": self.model.arch, "quick_gelu": self.model.quick_gelu, "method": self.method.name,
                          "finished": self.step >= self.total_steps}}
@@ -139,36 +157,63 @@ class Trainer:
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
-        set_rng_state(ckpt["rng"])
+        per_rank = ckpt.get("rng_per_rank")
+        if self.world == 1 or (per_rank and len(per_rank) == self.world):
+            set_rng_state(per_rank[self.rank] if self.world > 1 else ckpt["rng"])
+        else:  # another number of processes: same data order, but new PGD random-start streams
+            seed_everything(self.args.seed + 1_000_003 * self.step + self.rank)
+            if self.rank == 0:
+                log.warning(f"resuming a {ckpt.get('world', 1)}-process run on {self.world}: the data order is "
+                            f"unchanged, the training attack's random starts are not those of the original run")
 
     def save(self) -> None:
+        # Every rank's RNG (its PGD random starts) goes into rank 0's checkpoint: exact resume.
+        rngs = distributed.gather_objects(rng_state()) if self.world > 1 else None
         if self.rank == 0:
-            atomic_save(self.state_dict(), self.run_dir / CHECKPOINT_NAME)
+            state = self.state_dict()
+            if rngs is not None:
+                state["rng_per_rank"] = rngs
+            atomic_save(state, self.run_dir / CHECKPOINT_NAME)
+        if self.world > 1:  # no rank runs ahead of a checkpoint that is not on disk yet (a resume reads it)
+            distributed.barrier()
 
     # --- loop ----------------------------------------------------------------------------
     def loader(self) -> DataLoader:
         self.sampler.set_epoch(self.epoch)
-        self.sampler.start = self.batch_in_epoch * self.batch_size
+        self.sampler.start = self.batch_in_epoch * self.batch_size  # per-rank batch: resume skips exactly
         gen = torch.Generator().manual_seed(self.args.seed + self.epoch)  # worker seeds only
         return DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
                           num_workers=self.args.workers, pin_memory=self.device.type == "cuda",
                           generator=gen, persistent_workers=False)
 
     def train_step(self, x, y, idx) -> dict:
+        """One optimiser step on this rank's share of a global batch, in micro-batches."""
         lr = lr_at(self.step, self.args.learning_rate, self.args.warmup, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with autocast(self.device, self.precision):
-            terms = self.method.step(self.ctx, x, y, idx)
-        loss = terms["loss"]
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        n = x.shape[0]
+        chunks = list(zip(x.split(self.micro_batch), y.split(self.micro_batch), idx.split(self.micro_batch)))
+        terms = {}
+        for k, (xk, yk, ik) in enumerate(chunks):
+            # Weight = the micro-batch's share of the rank's batch (1/K, or less for the smaller
+            # last batch of an epoch): the summed gradient is that of the whole batch's mean loss.
+            weight = xk.shape[0] / n
+            with distributed.grad_sync(self.ddp, sync=k == len(chunks) - 1):
+                with autocast(self.device, self.precision):
+                    step_terms = self.method.step(self.ctx, xk, yk, ik)
+                loss = step_terms["loss"] if len(chunks) == 1 else step_terms["loss"] * weight
+                self.scaler.scale(loss).backward()
+            for name, v in step_terms.items():
+                v = v.detach() if len(chunks) == 1 else v.detach() * weight
+                terms[name] = v if name not in terms else terms[name] + v
+        distributed.average_gradients(self.unsynced)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return {k: v.detach() for k, v in terms.items()} | {"lr": lr}
+        return terms | {"lr": lr}
 
     def _check_finite(self, bad: torch.Tensor, terms: dict) -> None:
-        if bool(bad):
+        if bool(distributed.any_rank(bad)):  # all ranks stop together: none waits in a collective
             shown = {k: (float(v) if torch.is_tensor(v) else v) for k, v in terms.items()}
             raise NonFiniteLoss(
                 f"non-finite loss at epoch {self.epoch} step {self.step}: {shown}. The run stops here; the last "
@@ -190,7 +235,8 @@ class Trainer:
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         while self.step < self.stop_at:
             self.model.image_tower.train()
-            bar = tqdm(total=self.sampler.num_samples, initial=self.batch_in_epoch * self.batch_size,
+            bar = tqdm(total=self.sampler.num_samples * self.world,
+                       initial=self.batch_in_epoch * self.batch_size * self.world,
                        unit="img", dynamic_ncols=True, disable=self.rank != 0,
                        desc=f"epoch {self.epoch + 1}/{args.epochs}")
             sums, count, t0 = {}, 0, time.time()
@@ -208,7 +254,7 @@ class Trainer:
                 stop = self.step >= self.stop_at
                 if count % args.print_freq == 0 or epoch_done or stop:
                     self._check_finite(bad, terms)
-                    row = {k: float(v) / count for k, v in sums.items()}
+                    row = distributed.mean_over_ranks({k: float(v) / count for k, v in sums.items()})
                     row.update(step=self.step, epoch=self.epoch, lr=terms["lr"],
                                img_per_s=count * x.shape[0] * self.world / max(1e-9, time.time() - t0))
                     bar.set_postfix({k: f"{row[k]:.4g}" for k in row if k not in ("step", "epoch", "img_per_s")})
@@ -230,3 +276,4 @@ class Trainer:
                 if stop:
                     break
             bar.close()
+        distributed.unwrap(self.model)

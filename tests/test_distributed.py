@@ -1,0 +1,155 @@
+"""torchrun + DDP (distributed.py) against one process: same weights, same accuracies, one writer.
+
+One `torchrun --standalone --nproc_per_node 2` launch (CPU, gloo, tiny model) runs every
+distributed case through tests/ddp_worker.py; the single-process references run in this
+process. The DDP-vs-one-process comparisons train with `--train_eps 0`: with an attack, each
+rank's PGD random starts come from its own RNG stream and cannot equal the single process's
+draws for the same images, so the weights would differ for a reason unrelated to DDP. The two
+tower forwards of TGA-ZSR (adversarial and clean images) still run before one backward. The
+attack itself is exercised under DDP in the resume case (eps 4/255), which must be exact.
+
+    python -m pytest -q tests/test_distributed.py
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import tga_zsr
+from checkpoint import load_file
+from clip_model import load_clip
+from runtime import seed_everything
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ["-c", "configs/smoke.yaml", "--device", "cpu", "--print_freq", "1", "--max_steps", "2"]
+EXACT = ["--train_eps", "0"]     # no random start: DDP and one process see the same images
+EVAL = ["--n_samples", "23", "--testdata", "synthetic_colors", "--test_numsteps", "3"]  # odd: shards 12 + 11
+TOL = 1e-5
+
+
+def _cases(runs: Path) -> dict:
+    out = ["--output_dir", str(runs)]
+    return {
+        "plain": BASE + EXACT + EVAL + out + ["--name", "plain"],
+        "accum": BASE + EXACT + out + ["--name", "accum", "--accum_steps", "2", "--no_eval"],
+        "attack": BASE + out + ["--name", "attack", "--no_eval", "--save_freq", "0"],
+        "cut": BASE + out + ["--name", "cut", "--no_eval", "--save_freq", "0", "--max_steps", "1"],
+        "resume": ["--resume", str(runs / "cut"), "--device", "cpu", "--no_eval", "--max_steps", "2"],
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread here, as in each worker: on a shared 2-core CPU more threads only spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    runs, records = tmp / "runs", tmp / "records"
+    records.mkdir()
+    (tmp / "cases.json").write_text(json.dumps(_cases(runs)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests" / "ddp_worker.py"), str(tmp / "cases.json"), str(records)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    recs = [json.loads((records / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return {"runs": runs, "records": recs, "stdout": proc.stdout}
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """One process, global batch 16 in one piece: the reference for DDP and accumulation."""
+    out = tmp_path_factory.mktemp("single")
+    assert tga_zsr.main(BASE + EXACT + ["--output_dir", str(out), "--name", "plain", "--no_eval"]) == 0
+    return out / "plain"
+
+
+def _weights(run: Path) -> dict:
+    return load_file(run / "last.pt")["vision_encoder_state_dict"]
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def _history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+
+
+def test_two_ranks_equal_one_process_with_the_global_batch(ddp, single):
+    seed_everything(0)
+    init = {k: v for k, v in load_clip("tiny-vit", None).visual.state_dict().items()}
+    assert _max_diff(_weights(single), init) > 100 * TOL   # the steps moved the weights: the check has teeth
+    assert _max_diff(_weights(ddp["runs"] / "plain"), _weights(single)) < TOL
+    # the logged losses are the mean over ranks, i.e. the single process's batch means
+    for h_ddp, h_one in zip(_history(ddp["runs"] / "plain"), _history(single), strict=True):
+        assert h_ddp["step"] == h_one["step"] and h_ddp["lr"] == h_one["lr"]
+        for k in ("loss", "ce", "ar", "amc"):
+            assert h_ddp[k] == pytest.approx(h_one[k], rel=1e-5, abs=1e-6)
+
+
+def test_accumulation_equals_the_large_batch(ddp, single, tmp_path):
+    assert tga_zsr.main(BASE + EXACT + ["--output_dir", str(tmp_path), "--name", "acc", "--accum_steps", "2",
+                                        "--no_eval"]) == 0
+    assert _max_diff(_weights(tmp_path / "acc"), _weights(single)) < TOL              # 1 process, 2 x 8
+    assert _max_diff(_weights(ddp["runs"] / "accum"), _weights(single)) < TOL       # 2 ranks x 2 x 4
+    # one optimiser step and one LR value per global batch
+    assert [h["step"] for h in _history(ddp["runs"] / "accum")] == [1, 2]
+    assert [h["lr"] for h in _history(ddp["runs"] / "accum")] == [h["lr"] for h in _history(single)]
+    assert load_file(ddp["runs"] / "accum" / "last.pt")["step"] == 2
+
+
+def test_batch_must_split_over_ranks_and_micro_batches(tmp_path):
+    with pytest.raises(SystemExit, match="multiple of 3"):
+        tga_zsr.main(BASE + ["--output_dir", str(tmp_path), "--name", "x", "--accum_steps", "3", "--no_eval"])
+
+
+def test_sharded_evaluation_equals_one_process(ddp, tmp_path):
+    row = json.loads((ddp["runs"] / "plain" / "results.jsonl").read_text())
+    assert row["n"] == 23
+    # the same weights, evaluated by one process (a copied checkpoint: a fresh run folder)
+    shutil.copy(ddp["runs"] / "plain" / "last.pt", tmp_path / "weights.pt")
+    assert tga_zsr.main(["-c", "configs/smoke.yaml", "--device", "cpu", "--eval_only", "--resume",
+                         str(tmp_path / "weights.pt"), "--output_dir", str(tmp_path), "--name", "ref"] + EVAL) == 0
+    ref = json.loads((tmp_path / "ref" / "results.jsonl").read_text())
+    assert (row["n"], row["clean_acc"], row["robust_acc"]) == (ref["n"], ref["clean_acc"], ref["robust_acc"])
+
+
+def test_only_rank_zero_writes(ddp):
+    runs = ddp["runs"]
+    assert sorted(p.name for p in runs.iterdir()) == ["accum", "attack", "cut", "plain"]
+    run = runs / "plain"
+    assert sorted(p.name for p in run.iterdir()) == ["args.yaml", "environment.json", "history.jsonl", "last.pt",
+                                                     "log.txt", "results.jsonl"]
+    assert len(_history(run)) == 2                                        # not one row per rank
+    assert len((run / "results.jsonl").read_text().splitlines()) == 1
+    log = (run / "log.txt").read_text()
+    assert log.count("training tga_zsr") == 1 and "[rank 1/2]" not in log and "[rank 0/2]" in log
+
+
+def test_attack_bypasses_ddp_and_resume_is_exact(ddp):
+    for rec in ddp["records"]:
+        assert all(r["code"] == 0 for r in rec.values())
+        # TGA-ZSR: two trainable forwards (adversarial, clean) per micro-batch go through DDP;
+        # the PGD steps (2 per micro-batch) and the evaluation do not
+        assert rec["attack"]["ddp_forwards"] == 2 * 2
+        assert rec["accum"]["ddp_forwards"] == 2 * 2 * 2
+        assert rec["plain"]["ddp_forwards"] == 2 * 2
+        assert all(r["ddp_forwards_without_grad"] == 0 for r in rec.values())
+    # stopped after 1 step and resumed by both ranks from rank 0's checkpoint (every rank's
+    # RNG in it): the same weights as the uninterrupted 2-step run, attack included
+    a, b = _weights(ddp["runs"] / "attack"), _weights(ddp["runs"] / "cut")
+    assert load_file(ddp["runs"] / "cut" / "last.pt")["step"] == 2
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(load_file(ddp["runs"] / "cut" / "last.pt")["rng_per_rank"]) == 2
