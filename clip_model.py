@@ -126,11 +126,9 @@ class ImageTower(nn.Module):
             x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False)
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
-    def cls_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The pooled CLS embedding only: open_clip's own visual forward."""
-        return self.visual(self.preprocess(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
+        if cls_only:  # the pooled CLS embedding only: open_clip's own visual forward
+            return self.visual(self.preprocess(x))
         # open_clip's public forward_intermediates: the last block's patch tokens through
         # ln_post (normalize_intermediates) and the pooled CLS after ln_post and proj, in one
         # pass through the blocks and without changing the tower's own forward.
@@ -205,7 +203,8 @@ class ClipModel(nn.Module):
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, D]` CLS embedding (unnormalised) = `image_tokens(x)[:, 0]`, without projecting the
         patch tokens: the cheaper path for attacks and evaluation, which only need logits."""
-        return self.image_tower.cls_features(x)
+        tower = self.ddp_tower if self._trains_through_ddp() else self.image_tower
+        return tower(x, cls_only=True)
 
     def logits(self, x: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """`exp(logit_scale) · norm(CLS) · text_featuresᵀ` for pixels x in [0, 1]."""
