@@ -141,11 +141,11 @@ def test_only_rank_zero_writes(ddp):
 def test_attack_bypasses_ddp_and_resume_is_exact(ddp):
     for rec in ddp["records"]:
         assert all(r["code"] == 0 for r in rec.values())
-        # TGA-ZSR: two trainable forwards (adversarial, clean) per micro-batch go through DDP;
+        # TGA-ZSR: one trainable forward on [x_adv; x] per micro-batch goes through DDP (2 steps);
         # the PGD steps (2 per micro-batch) and the evaluation do not
-        assert rec["attack"]["ddp_forwards"] == 2 * 2
-        assert rec["accum"]["ddp_forwards"] == 2 * 2 * 2
-        assert rec["plain"]["ddp_forwards"] == 2 * 2
+        assert rec["attack"]["ddp_forwards"] == 2
+        assert rec["accum"]["ddp_forwards"] == 2 * 2
+        assert rec["plain"]["ddp_forwards"] == 2
         assert all(r["ddp_forwards_without_grad"] == 0 for r in rec.values())
     # stopped after 1 step and resumed by both ranks from rank 0's checkpoint (every rank's
     # RNG in it): the same weights as the uninterrupted 2-step run, attack included
