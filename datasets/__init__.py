@@ -76,3 +76,4 @@ def get_dataset(name: str, root: str = "./data", split: str = "test", transform=
 
 # Builders register themselves on import.
 from datasets import synthetic  # noqa: E402,F401
+from datasets import world  # noqa: E402,F401
