@@ -161,13 +161,15 @@ def sample_attributes(n: int, seed: int, start: int = 0, constraints: dict | Non
     lo = torch.tensor([SIZES[s][0] for s in SIZE_NAMES])[size]
     hi = torch.tensor([SIZES[s][1] for s in SIZE_NAMES])[size]
     radius = lo + (hi - lo) * _uniform(key, 6)
-    # Quadrant: the centre lies at least 2 px from the midline and the object inside the image.
+    # Quadrant: the centre lies at least 3 px from the midline (so that even a large triangle,
+    # whose mass sits below its centre, is visibly in its quadrant) and the object inside the image.
     right = (position % 2).float()
     bottom = (position // 2).float()
     half = IMAGE_SIZE / 2
+
     def coord(u, far):
-        near_lo, near_hi = radius + 0.5, torch.full_like(radius, half - 2)
-        far_lo, far_hi = torch.full_like(radius, half + 2), IMAGE_SIZE - 0.5 - radius
+        near_lo, near_hi = radius + 0.5, torch.full_like(radius, half - 3)
+        far_lo, far_hi = torch.full_like(radius, half + 3), IMAGE_SIZE - 0.5 - radius
         lo_, hi_ = torch.where(far > 0, far_lo, near_lo), torch.where(far > 0, far_hi, near_hi)
         return lo_ + (hi_ - lo_) * u
     cx = coord(_uniform(key, 7), right)
@@ -185,16 +187,16 @@ def subset(attrs: dict, sel) -> dict:
 # --------------------------------------------------------------------------- rendering
 def _shape_mask(shape: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Inside-mask of one shape. u, v: coordinates in units of the bounding radius, v pointing
-    down. Every shape fits in the unit disc."""
+    down. Every shape fits in the unit disc and has its centroid at the centre."""
     if shape in (0, 4, 6):
         r = torch.sqrt(u * u + v * v)
     if shape == 0:                                                       # circle
         return r <= 1.0
     au, av = u.abs(), v.abs()
     if shape == 1:                                                       # square
-        return torch.maximum(au, av) <= 0.78
+        return torch.maximum(au, av) <= 0.7
     if shape == 2:                                                       # triangle, apex up
-        return (v <= 0.75) & (v >= -0.95) & (au <= (v + 0.95) * 0.62)
+        return (v <= 0.5) & (au <= (v + 1) * 0.5774)                    # equilateral, inscribed
     if shape == 3:                                                       # diamond
         return au + av <= 1.0
     if shape == 4:                                                       # five-pointed star
@@ -203,8 +205,9 @@ def _shape_mask(shape: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return ((au <= 0.3) & (av <= 0.95)) | ((av <= 0.3) & (au <= 0.95))
     if shape == 6:                                                       # ring
         return (r <= 1.0) & (r >= 0.55)
-    hu, hv = u * 1.2, (v + 0.25) * 1.2                                   # heart: (x²+y²−1)³ − x²y³ ≤ 0, y up
-    return (hu * hu + hv * hv - 1) ** 3 + hu * hu * hv ** 3 <= 0
+    # heart: (x²+y²−1)³ − x²y³ ≤ 0 with y up; scaled into the disc, its centroid at the centre
+    hx, hy = u * 1.3, 0.29 - v * 1.3
+    return (hx * hx + hy * hy - 1) ** 3 - hx * hx * hy ** 3 <= 0
 
 
 def _backgrounds(attrs: dict, s: int) -> torch.Tensor:
