@@ -128,6 +128,7 @@ def _tiny_transform():
 
 # Builders register themselves on import.
 from datasets import synthetic  # noqa: E402,F401
+from datasets import world  # noqa: E402,F401
 from datasets import tinyimagenet, imagenet, torchvision_sets  # noqa: E402,F401
 from datasets.labelled import class_balanced_subset, dataset_labels  # noqa: E402,F401
 from datasets.catalog import INFO as _INFO  # noqa: E402
