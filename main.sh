@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-DEPS_CHECK="import torch, torchvision, open_clip, numpy, tqdm, yaml, scipy, h5py, autoattack, matplotlib, pytest"
+DEPS_CHECK="import torch, torchvision, open_clip, numpy, tqdm, yaml, scipy, h5py, pyautoattack, matplotlib, pytest"
 
 ensure_env() {
   if [ -n "${VIRTUAL_ENV:-}" ]; then PY=python; return; fi
