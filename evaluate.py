@@ -1,5 +1,6 @@
-"""Zero-shot evaluation (SPEC §5): clean top-1 and robust top-1 under PGD / CW, per dataset,
-appended to `<run>/results.jsonl` as each dataset finishes; a rerun skips what is done.
+"""Zero-shot evaluation (SPEC §5): clean top-1 and robust top-1 under PGD / CW / AutoAttack
+(autoattack_eval.py), per dataset, appended to `<run>/results.jsonl` (results.py) as each
+dataset finishes; a rerun skips what is done.
 
 Cost per batch: text features once per dataset, the attack's gradients w.r.t. the input only
 (every model parameter has requires_grad off during evaluation), model in eval mode.
@@ -77,6 +78,7 @@ def evaluate_dataset(model, data, text_features, settings: dict, device, precisi
     """Clean and robust top-1 (in %) of `model` on `data` (a ZeroShotData)."""
     loader = DataLoader(Indexed(data.dataset), batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
+    was_training = model.training
     model.eval()
     n = clean = robust = 0
     t0 = time.time()
@@ -95,6 +97,7 @@ def evaluate_dataset(model, data, text_features, settings: dict, device, precisi
             bar.update(y.numel())
             bar.set_postfix(clean=f"{100 * clean / n:.2f}", robust=f"{100 * robust / n:.2f}")
     bar.close()
+    model.train(was_training)
     return {"n": n, "clean_acc": 100.0 * clean / max(1, n), "robust_acc": 100.0 * robust / max(1, n),
             "seconds": round(time.time() - t0, 2)}
 
