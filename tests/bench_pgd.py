@@ -54,6 +54,8 @@ def main() -> None:
             fwd.append(t1 - t0)
             bwd.append(t2 - t1)
         f, b = statistics.median(fwd[1:]), statistics.median(bwd[1:])
+        print(f"forward (graph recorded) {f:.3f} s   input-gradient backward {b:.3f} s   (median of {a.reps})",
+              flush=True)
         settings = {"attack": "pgd", "norm": "l_inf", "eps": 1.0, "steps": a.steps, "step_size": 1.0, "seed": 0}
         t0 = time.perf_counter()
         attack_batch(model, x, y, torch.arange(a.batch), text, settings)
@@ -61,7 +63,6 @@ def main() -> None:
     floor = a.steps * (f + b)
     print(f"{a.arch} random weights, {a.batch} images, {a.classes} classes, PGD-{a.steps}, fp32, "
           f"torch threads {torch.get_num_threads()}, load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f}")
-    print(f"forward (graph recorded) {f:.3f} s   input-gradient backward {b:.3f} s   (median of {a.reps})")
     print(f"PGD-{a.steps} batch {total:.1f} s   floor {a.steps} x (fwd + bwd) = {floor:.1f} s   "
           f"floor / total = {100 * floor / total:.0f}%")
 
