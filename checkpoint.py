@@ -12,10 +12,17 @@ the original `.pth.tar` (`vision_encoder_state_dict`, or `state_dict` with `modu
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import pickle
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger("tga_zsr")
+# Buffers only OpenAI's own CLIP state dicts carry: their presence means OpenAI weights (QuickGELU).
+OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 CHECKPOINT_NAME = "last.pt"
 FINISHED_MARK = "finished"
@@ -33,14 +40,41 @@ def atomic_save(obj, path: str | Path) -> None:
 
 
 def load_file(path: str | Path) -> dict:
+    """torch.load(weights_only=True): tensors and plain containers only, never arbitrary objects."""
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SystemExit(
+            f"{path} holds pickled Python objects that torch.load(weights_only=True) refuses: {first}\n"
+            f"Checkpoints from elsewhere are read as tensors and plain values only. If you trust the file, "
+            f"re-save its weights once and evaluate the new file:\n"
+            f"  python -c \"import torch; c = torch.load('{path}', map_location='cpu', weights_only=False); "
+            f"torch.save({{k: v for k, v in c.items() if k in ('vision_encoder_state_dict', 'state_dict', "
+            f"'add_prompter')}}, '{path}.weights.pt')\"") from e
     except Exception as e:
-        raise SystemExit(f"could not read {path} with weights_only=True ({type(e).__name__}: {e}). "
-                         f"Only tensors and plain values are loaded; re-save the weights as a state dict.") from e
+        raise SystemExit(f"could not read {path} ({type(e).__name__}: {e}); is it a torch checkpoint?") from e
+
+
+def file_digest(path: str | Path, length: int = 12) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:length]
+
+
+def checkpoint_id(path: str | Path, obj=None) -> str:
+    """A stable name for the weights evaluated (results.jsonl `checkpoint`): our checkpoints by
+    file name and optimiser step, foreign files by name and content hash, so that the path they
+    are given by (relative, absolute, folder or file) does not matter for skipping done work."""
+    path = Path(path)
+    if isinstance(obj, dict) and "step" in obj and isinstance(obj.get("meta"), dict):
+        return f"{path.name}@step{obj['step']}"
+    return f"{path.name}#{file_digest(path)}"
 
 
 def resolve_checkpoint(run_or_file: str | Path) -> Path:
@@ -87,15 +121,56 @@ def load_visual_strict(visual: torch.nn.Module, state: dict, source: str) -> Non
     visual.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 
-def load_visual_weights(model, path: str | Path) -> str:
-    """Load visual weights of any supported format into `model.visual`; returns the format name."""
-    obj = load_file(path)
-    meta = obj.get("meta", {}) if isinstance(obj, dict) else {}
-    if isinstance(meta, dict) and meta.get("quick_gelu") is not None and meta["quick_gelu"] != model.quick_gelu:
-        raise SystemExit(f"{path} was trained with {'QuickGELU' if meta['quick_gelu'] else 'GELU'} but the model "
-                         f"uses {'QuickGELU' if model.quick_gelu else 'GELU'}: pick the matching --arch")
+def trained_activation(obj: dict) -> tuple[bool | None, str]:
+    """(quick_gelu the weights were trained with, or None if the file cannot tell; why)."""
+    meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+    if meta.get("quick_gelu") is not None:
+        return bool(meta["quick_gelu"]), "its metadata"
+    if "vision_encoder_state_dict" in obj:  # the original code fine-tunes OpenAI's CLIP
+        return True, "the original TGA-ZSR/TeCoA code fine-tunes OpenAI CLIP"
+    inner = obj.get("state_dict") if isinstance(obj.get("state_dict"), dict) else obj
+    if any(k.split(".")[-1] in OPENAI_ONLY_KEYS for k in inner):
+        return True, "it is an OpenAI CLIP state dict"
+    return None, ""
+
+
+def _prompt_tensors(obj: dict) -> list[str]:
+    """Non-empty visual-prompt weights of the original format (`state_dict` = pixel prompter,
+    `add_prompter` = token prompter when `vision_encoder_state_dict` holds the tower)."""
+    if "vision_encoder_state_dict" not in obj:
+        return []
+    names = []
+    for entry in ("state_dict", "add_prompter"):
+        sub = obj.get(entry)
+        if isinstance(sub, dict):
+            names += [f"{entry}.{k}" for k, v in sub.items() if torch.is_tensor(v) and v.numel() > 0]
+    return names
+
+
+def load_visual_weights(model, path: str | Path, obj: dict | None = None) -> str:
+    """Load visual weights of any supported format into `model.visual`; returns the format name.
+
+    Refuses, with a message that says what to do: a file that does not fit the tower (every
+    missing / unexpected / mis-shaped key named), weights trained with the other activation
+    (GELU vs QuickGELU), and original checkpoints with visual prompts this model cannot apply."""
+    obj = load_file(path) if obj is None else obj
+    if not isinstance(obj, dict):
+        raise SystemExit(f"{path}: expected a state dict or a checkpoint dict, got {type(obj).__name__}")
+    act = lambda q: "QuickGELU" if q else "GELU"  # noqa: E731
+    trained_qg, why = trained_activation(obj)
+    if trained_qg is not None and trained_qg != model.quick_gelu:
+        raise SystemExit(f"{path} was trained with {act(trained_qg)} ({why}) but the model uses "
+                         f"{act(model.quick_gelu)}: pick the matching --arch / --pretrained "
+                         f"(OpenAI weights: --pretrained openai, or ViT-B-32-quickgelu)")
+    prompts = _prompt_tensors(obj)
+    if prompts and not hasattr(model, "prompter"):
+        raise SystemExit(f"{path} holds visual-prompt weights ({', '.join(prompts[:6])}) that this model does not "
+                         f"apply; evaluating the tower without them would measure a different model")
     state, fmt = extract_visual_state(obj)
     load_visual_strict(model.visual, state, str(path))
-    if isinstance(obj, dict) and obj.get("prompter_state_dict") and hasattr(model, "prompter"):
+    if trained_qg is None:
+        log.info(f"{path}: the file does not say which activation it was trained with; the model uses "
+                 f"{act(model.quick_gelu)} (RobustVLM/FARE ViT-B-32 weights are fine-tuned OpenAI CLIP: QuickGELU)")
+    if obj.get("prompter_state_dict") and hasattr(model, "prompter"):
         model.prompter.load_state_dict(obj["prompter_state_dict"])
     return fmt

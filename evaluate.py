@@ -1,5 +1,6 @@
-"""Zero-shot evaluation (SPEC §5): clean top-1 and robust top-1 under PGD / CW, per dataset,
-appended to `<run>/results.jsonl` as each dataset finishes; a rerun skips what is done.
+"""Zero-shot evaluation (SPEC §5): clean top-1 and robust top-1 under PGD / CW / AutoAttack
+(autoattack_eval.py), per dataset, appended to `<run>/results.jsonl` (results.py) as each
+dataset finishes; a rerun skips what is done.
 
 Cost per batch: text features once per dataset, the attack's gradients w.r.t. the input only
 (every model parameter has requires_grad off during evaluation), model in eval mode.
@@ -13,10 +14,8 @@ depend on the batch size, nor on how torchrun processes share the samples: each 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +24,11 @@ from tqdm import tqdm
 
 import distributed
 from attacks import ce_loss_sum, cw_loss, pgd, random_init
+from results import SETTING_KEYS, append_result, find_done, read_results  # noqa: F401  (re-exported)
 from runtime import autocast
 from train import Indexed
 
 log = logging.getLogger("tga_zsr")
-
-# Settings that must match for a stored result to count as done.
-SETTING_KEYS = ("attack", "norm", "eps", "steps", "step_size", "precision", "n_samples", "seed", "checkpoint")
 
 
 @contextlib.contextmanager
@@ -56,19 +53,25 @@ def per_sample_start(x: torch.Tensor, idx: torch.Tensor, eps: float, norm: str, 
 
 
 def attack_batch(model, x, y, idx, text_features, settings: dict) -> torch.Tensor:
-    """Adversarial images for one batch under `settings` (eps and step size in 1/255 units)."""
-    eps, alpha, steps = settings["eps"] / 255.0, settings["step_size"] / 255.0, settings["steps"]
+    """Adversarial images for one batch under `settings` (eps and step size in 1/255 units).
+
+    `settings["random_start"]` (default True) switches PGD's uniform start off (tests)."""
+    eps, steps = settings["eps"] / 255.0, settings["steps"]
     if eps == 0 or steps == 0:
         return x
     if settings["attack"] == "autoattack":
         from autoattack_eval import autoattack_batch
         return autoattack_batch(model, x, y, text_features, eps, settings)
+    alpha = settings["step_size"] / 255.0
     loss_of = cw_loss if settings["attack"] == "cw" else ce_loss_sum
 
     def objective(xa):
         return loss_of(model.logits(xa, text_features), y)
 
-    init = per_sample_start(x, idx, eps, settings["norm"], settings["seed"])
+    if settings.get("random_start", True):
+        init = per_sample_start(x, idx, eps, settings["norm"], settings["seed"])
+    else:
+        init = torch.zeros_like(x)
     return x + pgd(objective, x, eps, alpha, steps, norm=settings["norm"], init=init)
 
 
@@ -83,6 +86,7 @@ def evaluate_dataset(model, data, text_features, settings: dict, device, precisi
         samples = Subset(samples, distributed.shard_indices(len(samples), rank, world))
     loader = DataLoader(samples, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
+    was_training = model.training
     model.eval()
     n = clean = robust = 0
     t0 = time.time()
@@ -102,38 +106,9 @@ def evaluate_dataset(model, data, text_features, settings: dict, device, precisi
             bar.set_postfix(clean=f"{100 * clean / n:.2f}", robust=f"{100 * robust / n:.2f}")
     bar.close()
     n, clean, robust = distributed.sum_over_ranks([n, clean, robust])
+    model.train(was_training)
     return {"n": n, "clean_acc": 100.0 * clean / max(1, n), "robust_acc": 100.0 * robust / max(1, n),
             "seconds": round(time.time() - t0, 2)}
-
-
-def read_results(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "results.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill: that dataset is simply redone
-                continue
-    return rows
-
-
-def find_done(rows: list[dict], dataset: str, settings: dict) -> dict | None:
-    for r in rows:
-        if r.get("dataset") == dataset and all(r.get(k) == settings.get(k) for k in SETTING_KEYS):
-            return r
-    return None
-
-
-def append_result(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
 
 
 def format_table(rows: list[dict]) -> str:

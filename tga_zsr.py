@@ -25,7 +25,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 import datasets as ds_registry
 import distributed
-from checkpoint import CHECKPOINT_NAME, load_file, load_visual_weights, resolve_checkpoint
+from checkpoint import CHECKPOINT_NAME, checkpoint_id, load_file, load_visual_weights, resolve_checkpoint
 from clip_model import load_clip
 from evaluate import append_result, evaluate_dataset, find_done, format_table, read_results
 from losses import tga_zsr_loss  # noqa: F401  (public API: from tga_zsr import tga_zsr_loss)
@@ -87,6 +87,10 @@ def prepare_run_dir(args, method: str) -> tuple[Path, Path | None]:
             raise SystemExit(f"--resume {args.resume} is not a run of this project (no args.yaml beside it); "
                              f"to evaluate foreign weights use --eval_only --resume FILE")
         return Path(args.output_dir) / (args.name or f"eval_{ckpt.stem.replace('.pth', '')}"), ckpt
+    if args.eval_only:  # pretrained weights only (e.g. CLIP itself): named after what is evaluated
+        arch = re.sub(r"[^A-Za-z0-9.-]+", "-", Path(str(args.arch)).stem)
+        weights = re.sub(r"[^A-Za-z0-9.-]+", "-", Path(str(args.pretrained)).stem.replace(".pth", ""))
+        return Path(args.output_dir) / (args.name or f"eval_{arch}_{weights}"), None
     run_dir = Path(args.output_dir) / (args.name or run_name(args, method))
     last = run_dir / CHECKPOINT_NAME
     if last.exists() and not args.eval_only:
@@ -99,9 +103,11 @@ def prepare_run_dir(args, method: str) -> tuple[Path, Path | None]:
 
 def write_run_header(run_dir: Path, args) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "args.yaml", "w") as f:
+    # An evaluation of a training run keeps the run's own args.yaml (what --resume continues from).
+    prefix = "eval_" if args.eval_only and (run_dir / "args.yaml").exists() else ""
+    with open(run_dir / f"{prefix}args.yaml", "w") as f:
         yaml.safe_dump(vars(args), f, sort_keys=True)
-    (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2))
+    (run_dir / f"{prefix}environment.json").write_text(json.dumps(environment(), indent=2))
 
 
 def check_datasets(args, train: bool) -> None:
@@ -129,18 +135,29 @@ def subset(data, n: int, seed: int):
 
 def build_model(args, device):
     pretrained = None if str(args.pretrained).lower() in ("none", "") else args.pretrained
-    model = load_clip(args.arch, pretrained, device=device)
+    try:
+        model = load_clip(args.arch, pretrained, device=device)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # wrong arch / activation / file: say so
+        raise SystemExit(f"--arch {args.arch} --pretrained {args.pretrained}: {e}") from e
     log.info(f"model {model.arch} (QuickGELU={model.quick_gelu}) weights={pretrained}")
     return model
 
 
-def evaluate_run(args, model, run_dir: Path, checkpoint_desc: str, device, precision: str) -> list[dict]:
+def eval_settings(args, checkpoint_desc: str, precision: str) -> dict:
+    """The settings a results.jsonl row is keyed by (ε and step size in 1/255 units)."""
+    steps, step_size = args.test_numsteps, args.test_stepsize
+    if args.attack == "autoattack":  # APGD: 100 iterations, adaptive step size (the library's values)
+        steps, step_size = 100, None
+    return {"attack": args.attack, "norm": args.norm, "eps": args.test_eps, "steps": steps, "step_size": step_size,
+            "precision": precision, "n_samples": args.n_samples, "seed": args.seed, "checkpoint": checkpoint_desc}
+
+
+def evaluate_run(args, model, run_dir: Path, checkpoint_desc: str, device, precision: str,
+                 method_label: str | None = None) -> list[dict]:
     """Evaluate on every --testdata, one results.jsonl line per dataset; skips what is done."""
     results_path = run_dir / "results.jsonl"
     done_rows = distributed.broadcast_from_main(read_results(results_path))  # every rank skips the same sets
-    settings = {"attack": args.attack, "norm": args.norm, "eps": args.test_eps, "steps": args.test_numsteps,
-                "step_size": args.test_stepsize, "precision": precision, "n_samples": args.n_samples,
-                "seed": args.seed, "checkpoint": checkpoint_desc}
+    settings = eval_settings(args, checkpoint_desc, precision)
     rows = []
     for name in args.testdata:
         canon = ds_registry.canonical_name(name)
@@ -153,14 +170,37 @@ def evaluate_run(args, model, run_dir: Path, checkpoint_desc: str, device, preci
         with torch.no_grad():
             text = model.encode_text(data.prompts)
         res = evaluate_dataset(model, data, text, settings, device, precision, args.test_batch_size, args.workers)
-        row = {"dataset": canon, **res, **settings, "method": canonical_method(args.Method),
-               "run": run_dir.name, "classes": len(data.classnames)}
+        row = {"dataset": canon, **res, **settings, "method": method_label or canonical_method(args.Method),
+               "run": run_dir.name, "classes": len(data.classnames), "arch": model.arch,
+               "pretrained": str(args.pretrained), "batch_size": args.test_batch_size}
         if distributed.is_main():
             append_result(results_path, row)
         log.info(f"{canon}: clean {res['clean_acc']:.2f}  robust {res['robust_acc']:.2f}  (n={res['n']})")
         rows.append(row)
     log.info("\n" + format_table(rows))
     return rows
+
+
+def pretrained_id(pretrained) -> str:
+    p = Path(str(pretrained))
+    return f"pretrained:{checkpoint_id(p)}" if p.is_file() else f"pretrained:{pretrained}"
+
+
+def eval_method_label(args, argv, obj, ckpt) -> str:
+    """The `method` of an evaluation's results: --Method if given (CLI or -c file), else the
+    checkpoint's own, else `clip` for pretrained weights alone, else the file's name."""
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    given = any(t == "--Method" or t.startswith("--Method=") for t in tokens)
+    if not given and args.config:
+        given = "Method" in (yaml.safe_load(Path(args.config).read_text()) or {})
+    if given:
+        return canonical_method(args.Method)
+    meta = obj.get("meta") if isinstance(obj, dict) and isinstance(obj.get("meta"), dict) else {}
+    if meta.get("method"):
+        return meta["method"]
+    if ckpt is None:
+        return "clip"
+    return Path(ckpt).name.split(".")[0]
 
 
 def main(argv=None) -> int:
@@ -174,7 +214,7 @@ def main(argv=None) -> int:
         return table_main(args.table)
     dist_info = distributed.init_distributed(args.device, args.dist_timeout)
     try:
-        return run(args, dist_info)
+        return run(args, dist_info, argv)
     except BaseException as e:
         if dist_info.world > 1 and not (isinstance(e, SystemExit) and e.code in (0, None)):
             # torchrun stops the other ranks when this one exits non-zero; say which one failed.
@@ -185,7 +225,7 @@ def main(argv=None) -> int:
         distributed.cleanup(dist_info)
 
 
-def run(args, dist_info: distributed.DistInfo) -> int:
+def run(args, dist_info: distributed.DistInfo, argv=None) -> int:
     """Train (unless eval-only or CLIP) and evaluate, as one process or one torchrun rank."""
     method = get_method(args.Method)
     args.Method = method.name
@@ -203,7 +243,8 @@ def run(args, dist_info: distributed.DistInfo) -> int:
     seed_everything(args.seed)
     model = build_model(args, device)
 
-    checkpoint_desc = f"pretrained:{args.pretrained}"
+    checkpoint_desc = pretrained_id(args.pretrained)
+    method_label = None
     if train:
         train_data = ds_registry.get_dataset(args.dataset, args.root, "train")
         with torch.no_grad():
@@ -232,15 +273,18 @@ def run(args, dist_info: distributed.DistInfo) -> int:
         except NonFiniteLoss as e:
             log.error(str(e))
             return 2
-        checkpoint_desc = f"{run_dir / CHECKPOINT_NAME}@step{trainer.step}"
+        checkpoint_desc = f"{CHECKPOINT_NAME}@step{trainer.step}"
     elif resume_ckpt is not None:
-        fmt = load_visual_weights(model, resume_ckpt)
         obj = load_file(resume_ckpt)
-        checkpoint_desc = f"{resume_ckpt}@step{obj.get('step', 'na')}" if isinstance(obj, dict) else str(resume_ckpt)
-        log.info(f"loaded {resume_ckpt} ({fmt})")
+        fmt = load_visual_weights(model, resume_ckpt, obj)
+        checkpoint_desc = checkpoint_id(resume_ckpt, obj)
+        method_label = eval_method_label(args, argv, obj, resume_ckpt)
+        log.info(f"loaded {resume_ckpt} ({fmt}) as {checkpoint_desc}")
+    elif args.eval_only:
+        method_label = eval_method_label(args, argv, None, None)
 
     if not args.no_eval:
-        evaluate_run(args, model, run_dir, checkpoint_desc, device, precision)
+        evaluate_run(args, model, run_dir, checkpoint_desc, device, precision, method_label)
     return 0
 
 
