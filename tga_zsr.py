@@ -25,7 +25,7 @@ from checkpoint import CHECKPOINT_NAME, load_file, load_visual_weights, resolve_
 from clip_model import load_clip
 from evaluate import append_result, evaluate_dataset, find_done, format_table, read_results
 from losses import tga_zsr_loss  # noqa: F401  (public API: from tga_zsr import tga_zsr_loss)
-from methods import FrozenMapCache, StepContext, canonical_method, get_method
+from methods import FrozenMapCache, StepContext, canonical_method, get_method, prepare_model
 from params import parse_args
 from runtime import environment, resolve_device, resolve_precision, seed_everything
 from train import NonFiniteLoss, Trainer
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     if args.table:
         from make_table import main as table_main
         return table_main(args.table)
-    method = get_method(args.Method)
+    method = get_method(args.Method, args.atten_methods)
     args.Method = method.name
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
@@ -167,9 +167,11 @@ def main(argv=None) -> int:
         train_data = ds_registry.get_dataset(args.dataset, args.root, "train")
         with torch.no_grad():
             text = model.encode_text(train_data.prompts)
-        frozen = model.frozen_image_tower() if method.needs_frozen else None
+        frozen = model.frozen_image_tower() if method.needs_frozen else None  # before any prompts
+        prepare_model(model, args, method)
         cache = FrozenMapCache(len(train_data), model.grid_size, device) if args.cache_frozen_maps else None
-        ctx = StepContext(model=model, text_features=text, args=args, frozen=frozen, map_cache=cache)
+        ctx = StepContext(model=model, text_features=text, args=args, frozen=frozen, map_cache=cache,
+                          prompts=list(train_data.prompts), classnames=list(train_data.classnames))
         writer = None
         if args.tensorboard:
             try:
@@ -177,7 +179,10 @@ def main(argv=None) -> int:
                 writer = SummaryWriter(str(run_dir / "tb"))
             except ImportError:
                 log.warning("--tensorboard: tensorboard is not installed, scalars not written")
-        trainer = Trainer(args, model, method, ctx, train_data, run_dir, device, precision, writer=writer)
+        train_precision = method.precision or precision
+        if train_precision != precision:
+            log.info(f"{method.name} trains in {train_precision} (SPEC §4), whatever --precision says")
+        trainer = Trainer(args, model, method, ctx, train_data, run_dir, device, train_precision, writer=writer)
         if resume_ckpt is not None:
             trainer.load_state_dict(load_file(resume_ckpt))
             log.info(f"resumed from {resume_ckpt} at step {trainer.step} (epoch {trainer.epoch})")
@@ -189,6 +194,7 @@ def main(argv=None) -> int:
             return 2
         checkpoint_desc = f"{run_dir / CHECKPOINT_NAME}@step{trainer.step}"
     elif resume_ckpt is not None:
+        prepare_model(model, args, method)  # the prompts must exist before they are loaded
         fmt = load_visual_weights(model, resume_ckpt)
         obj = load_file(resume_ckpt)
         checkpoint_desc = f"{resume_ckpt}@step{obj.get('step', 'na')}" if isinstance(obj, dict) else str(resume_ckpt)
