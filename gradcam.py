@@ -28,6 +28,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def target_layer(tower: nn.Module) -> nn.Module:
@@ -82,7 +83,10 @@ class GradCAM:
         """
         if self._handle is None:
             raise RuntimeError("GradCAM hook was removed")
-        with torch.enable_grad(), self.capture():
+        # A differentiable map needs the second derivative of attention: the fused SDPA kernels
+        # (flash / memory-efficient, CPU and CUDA) have none, the math kernel is plain autograd ops.
+        kernel = sdpa_kernel(SDPBackend.MATH) if differentiable else contextlib.nullcontext()
+        with torch.enable_grad(), self.capture(), kernel:
             tokens = tower(x)
         act = self._activation
         self._activation = None  # no reference kept between calls
