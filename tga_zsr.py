@@ -53,6 +53,10 @@ def run_name(args, method: str) -> str:
              f"eps{args.train_eps:g}"]
     if method in ("tga_zsr", "comp_tga", "tga_zsr_visual"):
         parts += [f"a{args.Alpha:g}", f"b{args.Beta:g}", args.Distance_metric]
+    if method == "tga_zsr_visual" and args.differentiable_cam:
+        parts.append("dcam")
+    if args.adaptation_method == "VPT":
+        parts.append(f"vpt-{args.method}-p{args.prompt_size}-t{args.add_prompt_size}")
     parts.append(f"seed{args.seed}")
     return "_".join(parts)
 
