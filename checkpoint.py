@@ -171,6 +171,26 @@ def load_visual_weights(model, path: str | Path, obj: dict | None = None) -> str
     if trained_qg is None:
         log.info(f"{path}: the file does not say which activation it was trained with; the model uses "
                  f"{act(model.quick_gelu)} (RobustVLM/FARE ViT-B-32 weights are fine-tuned OpenAI CLIP: QuickGELU)")
-    if obj.get("prompter_state_dict") and hasattr(model, "prompter"):
-        model.prompter.load_state_dict(obj["prompter_state_dict"])
+    if isinstance(obj, dict):
+        load_prompts_and_extra(model, obj)
     return fmt
+
+
+def load_prompts_and_extra(model, ckpt: dict) -> None:
+    """Visual prompts (`prompter_state_dict`) and other trained tensors (`extra_trainable_state`,
+    e.g. TIMA's text tower, named as in model.clip) of our checkpoints, strictly."""
+    prompter = getattr(model, "prompter", None)
+    if ckpt.get("prompter_state_dict"):
+        if prompter is None:
+            raise SystemExit("the checkpoint holds visual prompts but the model has none: evaluate it with "
+                             "the run's --adaptation_method VPT --method/--prompt_size/--add_prompt_size")
+        prompter.load_state_dict(ckpt["prompter_state_dict"], strict=True)
+    for name, value in (ckpt.get("extra_trainable_state") or {}).items():
+        try:
+            param = model.clip.get_parameter(name)
+        except AttributeError as e:
+            raise SystemExit(f"checkpoint tensor '{name}' has no place in this model: {e}") from e
+        if tuple(param.shape) != tuple(value.shape):
+            raise SystemExit(f"checkpoint tensor '{name}': shape {tuple(value.shape)} vs model {tuple(param.shape)}")
+        with torch.no_grad():
+            param.copy_(value.to(param.dtype))

@@ -120,6 +120,11 @@ class ImageTower(nn.Module):
         self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        # Visual prompt tuning (prompters.py): a pixel prompt added after the normalisation. Its
+        # token prompts enter through a forward hook on the visual tower and are cut off below.
+        self.prompter: nn.Module | None = None
+        g = visual.grid_size
+        self.num_patches = int(g[0] * g[1]) if isinstance(g, (tuple, list)) else int(g * g)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.image_size:  # bicubic 224 -> 224 is the identity: skip it
@@ -127,14 +132,18 @@ class ImageTower(nn.Module):
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
     def forward(self, x: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
+        x = self.preprocess(x)
+        if self.prompter is not None:
+            x = self.prompter(x)
         if cls_only:  # the pooled CLS embedding only: open_clip's own visual forward
-            return self.visual(self.preprocess(x))
+            return self.visual(x)
         # open_clip's public forward_intermediates: the last block's patch tokens through
         # ln_post (normalize_intermediates) and the pooled CLS after ln_post and proj, in one
         # pass through the blocks and without changing the tower's own forward.
-        out = self.visual.forward_intermediates(self.preprocess(x), indices=1, normalize_intermediates=True,
-                                                output_fmt="NLC")
-        pooled, patches = out["image_features"], out["image_intermediates"][-1]
+        out = self.visual.forward_intermediates(x, indices=1, normalize_intermediates=True, output_fmt="NLC")
+        # Prompt tokens appended after the patch tokens (if any) are dropped: the attention maps
+        # need exactly the grid's patches.
+        pooled, patches = out["image_features"], out["image_intermediates"][-1][:, :self.num_patches]
         proj = self.visual.proj
         if proj is not None:
             patches = patches @ proj
@@ -160,6 +169,11 @@ class ClipModel(nn.Module):
     @property
     def visual(self) -> nn.Module:
         return self.clip.visual
+
+    @property
+    def prompter(self) -> nn.Module | None:
+        """The visual prompter (VPT) applied inside the image tower, or None."""
+        return self.image_tower.prompter
 
     @property
     def logit_scale(self) -> torch.Tensor:

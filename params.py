@@ -32,6 +32,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--atten_methods", default="text", choices=["text", "visual"],
                    help="text-guided maps, or Grad-CAM ('visual', the Vision-based row)")
     g.add_argument("--VPbaseline", action="store_true", help="train on clean images instead of PGD images")
+    g.add_argument("--differentiable_cam", action="store_true",
+                   help="visual variant: build the Grad-CAM map with create_graph so L_AR/L_AMC train "
+                        "(the paper's intent; a deviation from the original, whose map carries no gradient)")
     g.add_argument("--cache_frozen_maps", action=argparse.BooleanOptionalAction, default=False,
                    help="compute each training image's frozen clean attention map once and reuse it")
 
@@ -73,9 +76,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--test_eps", type=float, default=1.0)
     g.add_argument("--test_numsteps", type=int, default=100)
     g.add_argument("--test_stepsize", type=float, default=1.0)
+    g.add_argument("--train_momentum", type=float, default=0.0,
+                   help="training attack: momentum on the sign step, v = sign(μ·v + sign(g)) (FARE: 0.9; 0: plain PGD)")
     g.add_argument("--attack", default="pgd", choices=["pgd", "cw", "autoattack"])
     g.add_argument("--norm", default="l_inf", choices=["l_inf", "l_2"])
     g.add_argument("--test_batch_size", type=int, default=256)
+
+    g = p.add_argument_group("TIMA (no public code: every choice is named here, see configs/tima.yaml)")
+    g.add_argument("--tima_mhe_weight", type=float, default=1.0, help="weight of the text MHE term")
+    g.add_argument("--tima_text_kd_weight", type=float, default=1.0,
+                   help="weight of the text distillation (tuned vs original text, on pre-trained image embeddings)")
+    g.add_argument("--tima_image_kd_weight", type=float, default=1.0,
+                   help="weight of the image distillation to the pre-trained model's predictions")
+    g.add_argument("--tima_margin", type=float, default=0.02,
+                   help="largest adaptive margin, in cosine units (×logit scale on the logits)")
+    g.add_argument("--tima_text_params", default="last_block", choices=["all", "last_block", "projection"],
+                   help="text-tower parameters TIMA tunes")
 
     g = p.add_argument_group("Run")
     g.add_argument("--output_dir", default="./checkpoints", help="runs land in <output_dir>/<run name>")

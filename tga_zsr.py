@@ -29,7 +29,7 @@ from checkpoint import CHECKPOINT_NAME, checkpoint_id, load_file, load_visual_we
 from clip_model import load_clip
 from evaluate import append_result, evaluate_dataset, find_done, format_table, read_results
 from losses import tga_zsr_loss  # noqa: F401  (public API: from tga_zsr import tga_zsr_loss)
-from methods import FrozenMapCache, StepContext, canonical_method, get_method
+from methods import FrozenMapCache, StepContext, canonical_method, get_method, prepare_model
 from params import parse_args
 from runtime import environment, resolve_precision, seed_everything
 from train import NonFiniteLoss, Trainer
@@ -72,6 +72,10 @@ def run_name(args, method: str) -> str:
              f"eps{args.train_eps:g}"]
     if method in ("tga_zsr", "comp_tga", "tga_zsr_visual"):
         parts += [f"a{args.Alpha:g}", f"b{args.Beta:g}", args.Distance_metric]
+    if method == "tga_zsr_visual" and args.differentiable_cam:
+        parts.append("dcam")
+    if args.adaptation_method == "VPT":
+        parts.append(f"vpt-{args.method}-p{args.prompt_size}-t{args.add_prompt_size}")
     parts.append(f"seed{args.seed}")
     return "_".join(parts)
 
@@ -227,7 +231,7 @@ def main(argv=None) -> int:
 
 def run(args, dist_info: distributed.DistInfo, argv=None) -> int:
     """Train (unless eval-only or CLIP) and evaluate, as one process or one torchrun rank."""
-    method = get_method(args.Method)
+    method = get_method(args.Method, args.atten_methods)
     args.Method = method.name
     device = dist_info.device
     precision = resolve_precision(args.precision, device)
@@ -249,9 +253,11 @@ def run(args, dist_info: distributed.DistInfo, argv=None) -> int:
         train_data = ds_registry.get_dataset(args.dataset, args.root, "train")
         with torch.no_grad():
             text = model.encode_text(train_data.prompts)
-        frozen = model.frozen_image_tower() if method.needs_frozen else None
+        frozen = model.frozen_image_tower() if method.needs_frozen else None  # before any prompts
+        prepare_model(model, args, method)
         cache = FrozenMapCache(len(train_data), model.grid_size, device) if args.cache_frozen_maps else None
-        ctx = StepContext(model=model, text_features=text, args=args, frozen=frozen, map_cache=cache)
+        ctx = StepContext(model=model, text_features=text, args=args, frozen=frozen, map_cache=cache,
+                          prompts=list(train_data.prompts), classnames=list(train_data.classnames))
         distributed.seed_rank_streams(args.seed)  # model built alike on all ranks; PGD starts differ
         writer = None
         if args.tensorboard and dist_info.main:
@@ -260,7 +266,10 @@ def run(args, dist_info: distributed.DistInfo, argv=None) -> int:
                 writer = SummaryWriter(str(run_dir / "tb"))
             except ImportError:
                 log.warning("--tensorboard: tensorboard is not installed, scalars not written")
-        trainer = Trainer(args, model, method, ctx, train_data, run_dir, device, precision,
+        train_precision = method.precision or precision
+        if train_precision != precision:
+            log.info(f"{method.name} trains in {train_precision} (SPEC §4), whatever --precision says")
+        trainer = Trainer(args, model, method, ctx, train_data, run_dir, device, train_precision,
                           rank=dist_info.rank, world=dist_info.world, writer=writer)
         if resume_ckpt is not None:
             trainer.load_state_dict(load_file(resume_ckpt))
@@ -275,6 +284,7 @@ def run(args, dist_info: distributed.DistInfo, argv=None) -> int:
             return 2
         checkpoint_desc = f"{CHECKPOINT_NAME}@step{trainer.step}"
     elif resume_ckpt is not None:
+        prepare_model(model, args, method)  # the prompts must exist before they are loaded
         obj = load_file(resume_ckpt)
         fmt = load_visual_weights(model, resume_ckpt, obj)
         checkpoint_desc = checkpoint_id(resume_ckpt, obj)

@@ -70,13 +70,29 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.start
 
 
+def _extra_named(model) -> dict:
+    """`model.extra_trainable`: {name in model.clip: parameter} a method's setup made trainable."""
+    extra = getattr(model, "extra_trainable", None) or {}
+    return extra if isinstance(extra, dict) else {f"extra.{i}": p for i, p in enumerate(extra)}
+
+
 def trainable_parameters(model, last_num_ft: int = 0) -> list:
-    """All visual-tower parameters, or only the last N tensors in registration order (SPEC §0)."""
-    params = list(model.visual.parameters())
-    if last_num_ft > 0:
-        for p in params[:-last_num_ft]:
-            p.requires_grad_(False)
-        params = params[-last_num_ft:]
+    """What the optimiser steps: all visual-tower parameters, or only the last N tensors in
+    registration order (SPEC §0), unless `model.visual_trainable` is False (prompt tuning);
+    plus the visual prompts (`model.prompter`) and `model.extra_trainable` (TIMA's text tower)."""
+    params = []
+    if getattr(model, "visual_trainable", True):
+        params = list(model.visual.parameters())
+        if last_num_ft > 0:
+            for p in params[:-last_num_ft]:
+                p.requires_grad_(False)
+            params = params[-last_num_ft:]
+    else:
+        model.visual.requires_grad_(False)
+    prompter = getattr(model, "prompter", None)
+    if prompter is not None:
+        params += list(prompter.parameters())
+    params += list(_extra_named(model).values())
     for p in params:
         p.requires_grad_(True)
     return params
@@ -92,15 +108,17 @@ def trainable_state(model) -> dict:
     state = {"vision_encoder_state_dict": model.visual.state_dict()}
     prompter = getattr(model, "prompter", None)
     if prompter is not None:
-        state["prompter_state_dict"] = prompter.state_dict()
+        state["prompter_state_dict"] = prompter.state_dict()  # pixel and token prompts
+    extra = _extra_named(model)
+    if extra:
+        state["extra_trainable_state"] = {n: p.detach() for n, p in extra.items()}
     return state
 
 
 def load_trainable_state(model, ckpt: dict) -> None:
     model.visual.load_state_dict(ckpt["vision_encoder_state_dict"], strict=True)
-    prompter = getattr(model, "prompter", None)
-    if prompter is not None and "prompter_state_dict" in ckpt:
-        prompter.load_state_dict(ckpt["prompter_state_dict"], strict=True)
+    from checkpoint import load_prompts_and_extra
+    load_prompts_and_extra(model, ckpt)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -124,10 +142,7 @@ class Trainer:
                              f"of {world * self.accum_steps}")
         self.batch_size = args.batch_size // world          # this rank's share of the global batch
         self.micro_batch = self.batch_size // self.accum_steps
-        self.params = [p for p in trainable_parameters(model, args.last_num_ft)]
-        extra = getattr(model, "extra_trainable", None)
-        if extra:
-            self.params += list(extra)
+        self.params = trainable_parameters(model, args.last_num_ft)
         # DDP over the image tower; trainable tensors outside it get their gradients averaged.
         self.ddp = distributed.wrap_trainable(model, device)
         owned = {id(p) for p in self.ddp.module.parameters()} if self.ddp is not None else set()
