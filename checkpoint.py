@@ -163,9 +163,10 @@ def load_visual_weights(model, path: str | Path, obj: dict | None = None) -> str
                          f"{act(model.quick_gelu)}: pick the matching --arch / --pretrained "
                          f"(OpenAI weights: --pretrained openai, or ViT-B-32-quickgelu)")
     prompts = _prompt_tensors(obj)
-    if prompts and not hasattr(model, "prompter"):
-        raise SystemExit(f"{path} holds visual-prompt weights ({', '.join(prompts[:6])}) that this model does not "
-                         f"apply; evaluating the tower without them would measure a different model")
+    if prompts:  # the original prompters' tensors are not mapped onto prompters.py's
+        raise SystemExit(f"{path} holds visual-prompt weights ({', '.join(prompts[:6])}) of the original code, "
+                         f"which this model does not apply; evaluating the tower without them would measure a "
+                         f"different model")
     state, fmt = extract_visual_state(obj)
     load_visual_strict(model.visual, state, str(path))
     if trained_qg is None:

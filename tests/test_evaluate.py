@@ -103,9 +103,14 @@ def test_autoattack_runs(tiny_model, classes, caplog, monkeypatch):
     x, y = x[correct], y[correct]                       # attack only what the model gets right
     s = settings(attack="autoattack", eps=16.0, steps=100, step_size=None, seed=3)
     rng_before = torch.get_rng_state()
-    with caplog.at_level(logging.INFO, logger="tga_zsr"):
-        with evaluate.frozen_params(tiny_model):
-            x_adv = attack_batch(tiny_model.eval(), x, y, torch.arange(len(y)), text, s)
+    tga_log = logging.getLogger("tga_zsr")  # tga_zsr.setup_logging stops propagation to the root
+    tga_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="tga_zsr"):
+            with evaluate.frozen_params(tiny_model):
+                x_adv = attack_batch(tiny_model.eval(), x, y, torch.arange(len(y)), text, s)
+    finally:
+        tga_log.removeHandler(caplog.handler)
     assert used[0]["attacks"] == (["apgd-ce"] if classes < 4 else ["apgd-ce", "apgd-dlr"])
     assert used[0]["norm"] == "Linf" and used[0]["version"] == "custom" and used[0]["seed"] == 3
     assert used[0]["eps"] == pytest.approx(16 / 255)
