@@ -37,6 +37,26 @@ def no_param_grad(*modules: nn.Module):
             p.requires_grad_(True)
 
 
+@contextlib.contextmanager
+def input_gradient_kernels(device: torch.device):
+    """On the CPU, compute the attack without oneDNN convolutions.
+
+    oneDNN's convolution backward to the *input* is slow for a ViT patch embedding (kernel =
+    stride = 32): measured 0.35 s vs 0.09 s for PyTorch's own kernel at ViT-B/32, batch 16 (the
+    forward is equal), i.e. about a third of a forward pass saved on every attack step. Training
+    never needs that gradient; attacks always do. Same values either way.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
 def _l2_norm(v: torch.Tensor) -> torch.Tensor:
     return v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
 
@@ -85,8 +105,9 @@ def pgd(loss_fn, x: torch.Tensor, eps: float, alpha: float, steps: int, norm: st
     velocity = torch.zeros_like(x) if momentum is not None else None
     for _ in range(int(steps)):
         delta.requires_grad_(True)
-        loss = loss_fn(x + delta)
-        (grad,) = torch.autograd.grad(loss.float(), delta)
+        with input_gradient_kernels(x.device):
+            loss = loss_fn(x + delta)
+            (grad,) = torch.autograd.grad(loss.float(), delta)
         with torch.no_grad():
             if norm == "l_inf":
                 step = grad.sign()

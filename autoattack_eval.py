@@ -25,6 +25,8 @@ import logging
 import torch
 import torch.nn as nn
 
+from attacks import input_gradient_kernels
+
 log = logging.getLogger("tga_zsr")
 
 AA_NORMS = {"l_inf": "Linf", "l_2": "L2"}
@@ -97,6 +99,6 @@ def autoattack_batch(model, x: torch.Tensor, y: torch.Tensor, text_features: tor
     adversary = AutoAttack(classifier, norm=AA_NORMS[norm], eps=eps, version="custom", attacks=attacks,
                            device=x.device, seed=int(settings.get("seed", 0)))
     cuda_devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices):
+    with torch.random.fork_rng(devices=cuda_devices), input_gradient_kernels(x.device):
         x_adv, _ = adversary.run_standard_evaluation(x.detach(), y, batch_size=x.shape[0])
     return x_adv.detach()

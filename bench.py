@@ -1,12 +1,13 @@
 """Speed benchmark: training step and PGD evaluation step against their FLOP floor.
 
-The unit is one no-grad forward of the visual tower on the batch. A TGA-ZSR step with K
+The unit is one no-grad forward of the visual tower on the batch (eval mode). A TGA-ZSR step with K
 attack steps needs at least (2K + 7) units: K × (forward + input-only backward) for the
 attack, forward + backward for the adversarial and for the clean images (3 units each), and
 one frozen forward; with `--cache_frozen_maps` after the first epoch, (2K + 6). One PGD
 evaluation step needs 2 units (forward + input-only backward). The benchmark reports each
 time, its ratio to that floor, images/s, the FLOPs of one forward (torch's FlopCounterMode)
-and the achieved GFLOP/s. Median of `--reps` repetitions after `--warmup` warm-up runs.
+and the achieved GFLOP/s. Each repetition times the unit right before each item, so every ratio
+compares measurements seconds apart; medians of `--reps` repetitions after `--warmup` warm-ups.
 
     python bench.py                                    # ViT-B/32, batch 16, 25 and 200 classes, CPU fp32
     python bench.py --device cuda --precision amp --batch_size 128 --classes 200
@@ -74,7 +75,7 @@ def bench_one(model, n_classes: int, args, device, precision: str) -> dict:
     ctx = StepContext(model=model, text_features=text, args=step_args(method.name, k, False), frozen=frozen)
     idx = torch.arange(b)
 
-    def unit():
+    def unit():  # eval mode: the inference forward (MultiheadAttention's fused path)
         with torch.no_grad(), autocast(device, precision):
             model.image_tokens(x)
 
@@ -105,32 +106,60 @@ def bench_one(model, n_classes: int, args, device, precision: str) -> dict:
             pgd(lambda xa: F.cross_entropy(model.logits(xa, text).float(), y, reduction="sum"),
                 x, 1 / 255, 1 / 255, args.pgd_steps)
 
-    model.image_tower.train()
-    r = {"classes": n_classes}
-    t_unit = timed(unit, args.reps, args.warmup, device)
-    r["unit_s"] = t_unit
-    r["fwd_full_bwd_units"] = timed(fwd_full_bwd, args.reps, args.warmup, device) / t_unit
-    r["fwd_input_bwd_units"] = timed(fwd_input_bwd, args.reps, args.warmup, device) / t_unit
-    r["step_s"] = timed(train_step(ctx), args.reps, args.warmup, device)
-    r["step_units"] = r["step_s"] / t_unit
     floor = 2 * k + 7 if method.needs_frozen else 2 * k + 3
-    r["step_floor_units"] = floor
-    r["step_ratio"] = r["step_units"] / floor
+    cctx = None
     if method.needs_frozen:
         cache = FrozenMapCache(b, model.grid_size, device)
         cctx = StepContext(model=model, text_features=text, args=step_args(method.name, k, True), frozen=frozen,
                            map_cache=cache)
-        train_step(cctx)()  # first epoch: fills the cache
-        r["cached_step_s"] = timed(train_step(cctx), args.reps, args.warmup, device)
-        r["cached_step_units"] = r["cached_step_s"] / t_unit
+        train_step(cctx)()  # the first epoch fills the cache
+
+    def as_eval(fn):
+        def run():
+            model.eval()
+            try:
+                fn()
+            finally:
+                model.image_tower.train()
+        return run
+
+    # Interleaved: every repetition times the unit and then each item, so each ratio compares
+    # measurements taken seconds apart (a shared or throttling CPU drifts between minutes).
+    items = {"fwd_full_bwd": fwd_full_bwd, "fwd_input_bwd": fwd_input_bwd, "step": train_step(ctx),
+             "pgd": as_eval(pgd_steps)}
+    if cctx is not None:
+        items["cached_step"] = train_step(cctx)
+    model.image_tower.train()
+    for fn in [as_eval(unit), *items.values()]:
+        for _ in range(args.warmup):
+            fn()
+    units, secs, ratios = [], {k: [] for k in items}, {k: [] for k in items}
+    for _ in range(args.reps):
+        t_unit = timed(as_eval(unit), 1, 0, device)
+        units.append(t_unit)
+        for name, fn in items.items():
+            t = timed(fn, 1, 0, device)
+            secs[name].append(t)
+            ratios[name].append(t / t_unit)
+    med = statistics.median
+    t_unit = med(units)
+    r = {"classes": n_classes, "unit_s": t_unit}
+    r["fwd_full_bwd_units"] = med(ratios["fwd_full_bwd"])
+    r["fwd_input_bwd_units"] = med(ratios["fwd_input_bwd"])
+    r["step_s"] = med(secs["step"])
+    r["step_units"] = med(ratios["step"])
+    r["step_floor_units"] = floor
+    r["step_ratio"] = r["step_units"] / floor
+    if cctx is not None:
+        r["cached_step_s"] = med(secs["cached_step"])
+        r["cached_step_units"] = med(ratios["cached_step"])
         r["cached_ratio"] = r["cached_step_units"] / (floor - 1)
-    model.eval()
-    t_pgd = timed(pgd_steps, args.reps, args.warmup, device) / args.pgd_steps
+    t_pgd = med(secs["pgd"]) / args.pgd_steps
     r["pgd_step_s"] = t_pgd
-    r["pgd_step_units"] = t_pgd / t_unit
+    r["pgd_step_units"] = med(ratios["pgd"]) / args.pgd_steps
     r["pgd_step_ratio"] = r["pgd_step_units"] / 2
     r["pgd100_batch_s"] = 100 * t_pgd + 2 * t_unit  # + the clean and the final forward
-    r["pgd100_ratio"] = r["pgd100_batch_s"] / t_unit / 200
+    r["pgd100_ratio"] = (100 * r["pgd_step_units"] + 2) / 200
     r["train_img_per_s"] = b / r["step_s"]
     r["pgd100_img_per_s"] = b / r["pgd100_batch_s"]
     return r
