@@ -16,7 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datasets import available, get_dataset  # noqa: E402
 from datasets.world import (ATTRIBUTES, BACKGROUNDS, COLOUR_NAMES, COLOURS, HELDOUT_COMBOS, POSITIONS,  # noqa: E402
                             PREFIXES, SHAPES, SIZE_NAMES, SUITE, TEXTURES, TRAIN_COMBOS, WORLD_TEST_SETS,
-                            _backgrounds, caption, random_mentions, render, sample_attributes, subset)
+                            _backgrounds, allowed_combos, caption, minimal_pairs, random_mentions, render,
+                            sample_attributes, stream, subset)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CKPT = os.path.join(ROOT, "checkpoints", "tiny-world-clip.pt")
@@ -105,6 +106,32 @@ def test_captions_mention_and_fit_the_context():
     longest = caption(sample_attributes(2000, seed=2), prefix=torch.ones(2000, dtype=torch.long))  # "this is a photo of"
     used = (tok(longest) != 0).sum(1)
     assert used.max() < ctx, "captions would be truncated: raise context_length"
+
+
+def test_minimal_pairs_differ_in_one_attribute_and_one_phrase():
+    c = {"exclude_combos": HELDOUT_COMBOS}
+    a = sample_attributes(400, seed=9, constraints=c)
+    twin, changed = minimal_pairs(a, allowed_combos(c))
+    codes = list(ATTRIBUTES)
+    for i, attr in enumerate(changed):
+        differ = [k for k in codes if int(a[k][i]) != int(twin[k][i])]
+        assert differ == [attr], (i, differ, attr)
+    # no held-out combination leaks into pre-training; shape and position get most pairs
+    combos = set(zip(twin["shape"].tolist(), twin["colour"].tolist()))
+    assert not combos & set(HELDOUT_COMBOS)
+    assert changed.count("shape") > 80 and changed.count("position") > 80 and set(changed) == set(codes)
+    # the twin's pixels differ and its object lies in its own quadrant
+    assert ((render(a) - render(twin)).abs().amax((1, 2, 3)) > 0.1).all()
+    moved = [i for i, attr in enumerate(changed) if attr == "position"]
+    assert all((twin["cx"][i] >= 16) == bool(twin["position"][i] % 2) for i in moved)
+    # a stream batch: base captions and twin captions differ in exactly the changed words
+    g1, g2 = stream(16, seed=3, pair_frac=1.0), stream(16, seed=3, pair_frac=1.0)
+    (x, caps), (x2, caps2) = next(g1), next(g2)
+    assert x.shape == (16, 3, 32, 32) and len(caps) == 16 and caps == caps2 and torch.equal(x, x2)
+    for base, tw in zip(caps[:8], caps[8:]):
+        assert base != tw and base.split()[:3] == tw.split()[:3]
+    assert next(g1)[1] != caps  # the stream moves on
+    assert len(next(stream(16, seed=3))[1]) == 16  # pair_frac=0: the plain stream
 
 
 def test_suite_registered_fixed_and_balanced():
