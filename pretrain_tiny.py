@@ -4,8 +4,9 @@ The mini protocol replaces ViT-B/32 + OpenAI weights by `tiny-world` (configs/mo
 tiny-world.json: ViT 4×4 patches on 32×32 pixels, width 128, 4 layers; text width 128,
 3 layers) trained here with the symmetric InfoNCE loss of CLIP (open_clip's `ClipLoss`) on
 freshly rendered world images and captions that name a random subset of the six attributes
-(datasets/world.py); by default every image comes with a minimal-pair twin that differs in one
-attribute (mostly shape or position), each the other's hard negative. The 12 held-out shape–colour combinations are never shown, so
+(datasets/world.py); `--pair_frac` optionally adds minimal-pair twins that differ in one
+attribute (mostly shape or position), each the other's hard negative (400 steps with
+--pair_frac 1 did not learn shape or position either: see checkpoints/README.md). The 12 held-out shape–colour combinations are never shown, so
 `world_heldout` measures compositional zero-shot transfer. AdamW, linear warm-up then cosine,
 logit scale clamped at 100 as in open_clip. Same seed, same thread count -> same weights.
 
@@ -56,7 +57,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("Data")
     g.add_argument("--mention_p", type=float, default=0.6,
                    help="probability that a caption names each attribute (shape, colour, size, ...)")
-    g.add_argument("--pair_frac", type=float, default=1.0,
+    g.add_argument("--pair_frac", type=float, default=0.0,
                    help="fraction of each batch made of minimal pairs: two images that differ in one attribute "
                         "(mostly shape or position), captions that differ in one word (datasets/world.py)")
     g = p.add_argument_group("Eval")

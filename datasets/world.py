@@ -44,9 +44,7 @@ COLOURS = {
     "pink": (1.00, 0.50, 0.75), "white": (0.97, 0.97, 0.97),
 }
 COLOUR_NAMES = list(COLOURS)
-# Bounding radius in px. A small object is still >= 11 px across (about 3 patches of 4 px): at
-# radius 4.5 the star, heart, diamond and circle were the same blob and shape was not learnable.
-SIZES = {"small": (5.5, 6.5), "medium": (8.0, 9.0), "large": (10.5, 12.0)}
+SIZES = {"small": (4.5, 6.0), "medium": (7.5, 9.0), "large": (10.5, 12.0)}  # bounding radius, px
 SIZE_NAMES = list(SIZES)
 TEXTURES = ["solid", "striped", "dotted", "checkered"]
 BACKGROUNDS = ["grass", "sky", "sand", "bricks", "water", "plain"]
@@ -213,8 +211,7 @@ def _shape_mask(shape: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     if shape == 3:                                                       # diamond
         return au + av <= 1.0
     if shape == 4:                                                       # five-pointed star
-        # arms thick enough (inner radius 0.3) to survive 32 px and a texture
-        return r <= 0.63 + 0.34 * torch.cos(5 * (torch.atan2(v, u) + math.pi / 2))
+        return r <= 0.55 + 0.42 * torch.cos(5 * (torch.atan2(v, u) + math.pi / 2))
     if shape == 5:                                                       # cross
         return ((au <= 0.3) & (av <= 0.95)) | ((av <= 0.3) & (au <= 0.95))
     if shape == 6:                                                       # ring
