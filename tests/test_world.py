@@ -165,9 +165,9 @@ def zero_shot_bar(num_classes: int) -> float:
     return min(3 * chance, (1 + chance) / 2)
 
 
-# Sets the bundled checkpoint (600 steps, minimal pairs) has not learned yet; zero-shot on
-# 480 test images: heldout 0.74, shape 0.21, colour 1.00, texture 0.89, size 0.75, background 1.00, position 0.23 (checkpoints/tiny-world-clip.json). Strict xfail: a retrained
-# checkpoint that passes turns them into errors so that the marks get removed.
+# The bundled checkpoint (600 steps, no minimal pairs) has not learned shape-without-colour and
+# position (zero-shot 0.21 and 0.23 on 480 test images, see checkpoints/tiny-world-clip.json). These
+# are strict xfails: a retrained checkpoint that passes turns them into errors so the marks get removed.
 NOT_YET_LEARNED = {'world_position', 'world_shape'}
 
 
