@@ -291,12 +291,18 @@ def load_clip(arch: str = "ViT-B-32", pretrained: str | None = "openai", device=
     return model.to(device)
 
 
-def save_clip(model: ClipModel, path: str) -> None:
-    """Save a whole CLIP (both towers) as a plain state dict with the metadata load_clip reads."""
+def save_clip(model: ClipModel, path: str, half: bool = False) -> None:
+    """Save a whole CLIP (both towers) as a plain state dict with the metadata load_clip reads.
+
+    `half=True` stores floating tensors as float16 (half the file; used for the bundled
+    checkpoint). `read_weights_file` casts them back to float32 on load."""
     meta = {"arch": model.arch, "quick_gelu": model.quick_gelu,
-            "openai": model.pretrained == "openai" or bool(getattr(model, "openai", False))}
+            "openai": model.pretrained == "openai" or bool(getattr(model, "openai", False)), "half": half}
+    state = model.clip.state_dict()
+    if half:
+        state = {k: (v.half() if torch.is_floating_point(v) else v) for k, v in state.items()}
     tmp = f"{path}.tmp"
-    torch.save({"state_dict": model.clip.state_dict(), "meta": meta}, tmp)
+    torch.save({"state_dict": state, "meta": meta}, tmp)
     os.replace(tmp, path)
 
 

@@ -4,11 +4,13 @@ The mini protocol replaces ViT-B/32 + OpenAI weights by `tiny-world` (configs/mo
 tiny-world.json: ViT 4×4 patches on 32×32 pixels, width 128, 4 layers; text width 128,
 3 layers) trained here with the symmetric InfoNCE loss of CLIP (open_clip's `ClipLoss`) on
 freshly rendered world images and captions that name a random subset of the six attributes
-(datasets/world.py). The 12 held-out shape–colour combinations are never shown, so
+(datasets/world.py); `--pair_frac` optionally adds minimal-pair twins that differ in one
+attribute (mostly shape or position), each the other's hard negative (400 steps with
+--pair_frac 1 did not learn shape or position either: see checkpoints/README.md). The 12 held-out shape–colour combinations are never shown, so
 `world_heldout` measures compositional zero-shot transfer. AdamW, linear warm-up then cosine,
 logit scale clamped at 100 as in open_clip. Same seed, same thread count -> same weights.
 
-Writes `checkpoints/tiny-world-clip.pt` (via `save_clip`) and `checkpoints/tiny-world-clip.json`
+Writes `checkpoints/tiny-world-clip.pt` (via `save_clip`, float16 weights) and `checkpoints/tiny-world-clip.json`
 (command, seed, steps, wall time, versions, zero-shot accuracy per world test set).
 
     python pretrain_tiny.py                                   # the bundled checkpoint (~10 min, 2 cores)
@@ -55,6 +57,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("Data")
     g.add_argument("--mention_p", type=float, default=0.6,
                    help="probability that a caption names each attribute (shape, colour, size, ...)")
+    g.add_argument("--pair_frac", type=float, default=0.0,
+                   help="fraction of each batch made of minimal pairs: two images that differ in one attribute "
+                        "(mostly shape or position), captions that differ in one word (datasets/world.py)")
     g = p.add_argument_group("Eval")
     g.add_argument("--eval", action="store_true", help="only evaluate --resume, update its .json")
     g.add_argument("--resume", default=None, help="checkpoint to evaluate (with --eval)")
@@ -66,6 +71,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=2, help="torch CPU threads (the reference run used 2)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda")
     g.add_argument("--out", default=DEFAULT_OUT, help="checkpoint path; the .json goes beside it")
+    g.add_argument("--fp32", action="store_true",
+                   help="save float32 weights (default float16: half the file; loading casts back to float32)")
     return p
 
 
@@ -152,7 +159,7 @@ def train(args) -> None:
                             lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = ClipLoss()
     batches = stream(args.batch_size, seed=args.seed, constraints={"exclude_combos": HELDOUT_COMBOS},
-                     p=args.mention_p)
+                     p=args.mention_p, pair_frac=args.pair_frac)
     model.train()
     t0, c0 = time.time(), time.process_time()
     bar = tqdm(range(args.steps), desc="pretrain", unit="step", dynamic_ncols=True)
@@ -180,13 +187,15 @@ def train(args) -> None:
     print(f"trained {args.steps} steps in {wall:.0f} s; final loss {loss.item():.4f}", flush=True)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    save_clip(model, args.out)
-    model.pretrained = args.out
+    save_clip(model, args.out, half=not args.fp32)
+    # Evaluate what was written (float16 weights read back as float32), not the in-memory model.
+    model = load_clip(ARCH, pretrained=args.out, device=device)
     res = evaluate(model, eps_list=args.eval_eps, steps=args.eval_steps)
     card = {"arch": ARCH, "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
             "args": vars(args), "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size,
             "wall_time_s": round(wall, 1), "cpu_time_s": round(cpu, 1), "final_loss": round(loss.item(), 4),
-            "logit_scale": round(clip.logit_scale.exp().item(), 2), "environment": environment(),
+            "logit_scale": round(clip.logit_scale.exp().item(), 2), "weights": "float32" if args.fp32 else "float16",
+            "environment": environment(),
             "zero_shot": res,
             "note": "clean = zero-shot top-1 on the world test sets (split 'test'); "
                     "pgdK_epsE = robust top-1 under l_inf PGD-K, eps E/255, step eps/4, random start"}

@@ -106,6 +106,39 @@ def _index_of(values, names) -> list[int]:
     return [v if isinstance(v, int) else names.index(v) for v in values]
 
 
+def _place(key: torch.Tensor, size: torch.Tensor, position: torch.Tensor):
+    """Radius and centre of the object from its size class, quadrant and the image key."""
+    lo = torch.tensor([SIZES[s][0] for s in SIZE_NAMES])[size]
+    hi = torch.tensor([SIZES[s][1] for s in SIZE_NAMES])[size]
+    radius = lo + (hi - lo) * _uniform(key, 6)
+    # Quadrant: the centre lies at least 3 px from the midline (so that even a large triangle,
+    # whose mass sits below its centre, is visibly in its quadrant) and the object inside the image.
+    right = (position % 2).float()
+    bottom = (position // 2).float()
+    half = IMAGE_SIZE / 2
+
+    def coord(u, far):
+        near_lo, near_hi = radius + 0.5, torch.full_like(radius, half - 3)
+        far_lo, far_hi = torch.full_like(radius, half + 3), IMAGE_SIZE - 0.5 - radius
+        lo_, hi_ = torch.where(far > 0, far_lo, near_lo), torch.where(far > 0, far_hi, near_hi)
+        return lo_ + (hi_ - lo_) * u
+    return radius, coord(_uniform(key, 7), right), coord(_uniform(key, 8), bottom)
+
+
+def allowed_combos(constraints: dict | None) -> list[tuple[int, int]]:
+    """The (shape, colour) codes that `constraints` (see `sample_attributes`) allow."""
+    c = constraints or {}
+    shapes = _index_of(c.get("shape", range(len(SHAPES))), SHAPES)
+    colours = _index_of(c.get("colour", range(len(COLOUR_NAMES))), COLOUR_NAMES)
+    pair = lambda s, k: (_index_of([s], SHAPES)[0], _index_of([k], COLOUR_NAMES)[0])  # noqa: E731
+    combos = [pair(s, k) for s, k in c["combos"]] if "combos" in c else list(itertools.product(shapes, colours))
+    drop = {pair(s, k) for s, k in c.get("exclude_combos", ())}
+    combos = [p for p in combos if p not in drop]
+    if not combos:
+        raise ValueError("constraints leave no (shape, colour) combination")
+    return combos
+
+
 def sample_attributes(n: int, seed: int, start: int = 0, constraints: dict | None = None) -> dict:
     """Attributes of images `start .. start+n-1` of the world with this seed.
 
@@ -124,14 +157,7 @@ def sample_attributes(n: int, seed: int, start: int = 0, constraints: dict | Non
     index = torch.arange(start, start + n, dtype=torch.int64)
     key = _key(seed, index)
     allowed = {a: _index_of(c.get(a, range(len(names))), names) for a, names in ATTRIBUTES.items()}
-    if "combos" in c:
-        combos = [(_index_of([s], SHAPES)[0], _index_of([k], COLOUR_NAMES)[0]) for s, k in c["combos"]]
-    else:
-        combos = list(itertools.product(allowed["shape"], allowed["colour"]))
-    drop = {(_index_of([s], SHAPES)[0], _index_of([k], COLOUR_NAMES)[0]) for s, k in c.get("exclude_combos", ())}
-    combos = [p for p in combos if p not in drop]
-    if not combos:
-        raise ValueError("constraints leave no (shape, colour) combination")
+    combos = allowed_combos(c)
     balance = c.get("balance")
 
     def pick(options, stream, name):
@@ -158,22 +184,7 @@ def sample_attributes(n: int, seed: int, start: int = 0, constraints: dict | Non
     background = pick(allowed["background"], 4, "background")
     position = pick(allowed["position"], 5, "position")
 
-    lo = torch.tensor([SIZES[s][0] for s in SIZE_NAMES])[size]
-    hi = torch.tensor([SIZES[s][1] for s in SIZE_NAMES])[size]
-    radius = lo + (hi - lo) * _uniform(key, 6)
-    # Quadrant: the centre lies at least 3 px from the midline (so that even a large triangle,
-    # whose mass sits below its centre, is visibly in its quadrant) and the object inside the image.
-    right = (position % 2).float()
-    bottom = (position // 2).float()
-    half = IMAGE_SIZE / 2
-
-    def coord(u, far):
-        near_lo, near_hi = radius + 0.5, torch.full_like(radius, half - 3)
-        far_lo, far_hi = torch.full_like(radius, half + 3), IMAGE_SIZE - 0.5 - radius
-        lo_, hi_ = torch.where(far > 0, far_lo, near_lo), torch.where(far > 0, far_hi, near_hi)
-        return lo_ + (hi_ - lo_) * u
-    cx = coord(_uniform(key, 7), right)
-    cy = coord(_uniform(key, 8), bottom)
+    radius, cx, cy = _place(key, size, position)
     jitter = torch.stack([_uniform(key, 9 + i) for i in range(3)], 1) * 0.1 - 0.05  # colour ±0.05
     return {"shape": shape, "colour": colour, "size": size, "texture": texture, "background": background,
             "position": position, "radius": radius, "cx": cx, "cy": cy, "jitter": jitter, "key": key,
@@ -345,15 +356,74 @@ def random_mentions(attrs: dict, p: float = 0.6) -> tuple[dict, torch.Tensor]:
     return mention, prefix
 
 
-def stream(batch_size: int, seed: int, start: int = 0, constraints: dict | None = None, p: float = 0.6):
-    """Endless (images, captions) batches for pre-training; batch b holds images start+b·B .. ."""
+# How often each attribute is the one a minimal pair differs in. Shape and position get most of
+# the pairs: colour and background are learned from unpaired captions alone, shape and position
+# were not (zero-shot ~chance after 600 steps without pairs).
+PAIR_WEIGHTS = {"shape": 0.35, "colour": 0.05, "size": 0.1, "texture": 0.1, "background": 0.05, "position": 0.35}
+
+
+def minimal_pairs(attrs: dict, combos=None) -> tuple[dict, list[str]]:
+    """A twin of every image that differs in exactly one attribute (drawn with PAIR_WEIGHTS).
+
+    The twin keeps the key, so its background, noise, colour jitter and the relative place of
+    its centre are the base image's: only the changed attribute tells the two apart. A size or
+    position change moves the object (radius and centre are recomputed). `combos`: the allowed
+    (shape, colour) codes; a shape or colour change stays inside them (no held-out combination
+    leaks into pre-training). Returns the twin attributes and the changed attribute per image.
+    """
+    key = attrs["key"]
+    names = list(PAIR_WEIGHTS)
+    cum = torch.tensor(list(PAIR_WEIGHTS.values())).cumsum(0)
+    which = torch.searchsorted(cum / cum[-1], _uniform(key, 60), right=True).clamp_max(len(names) - 1)
+    u = _uniform(key, 61)
+    allowed = set(combos) if combos is not None else set(itertools.product(range(len(SHAPES)), range(len(COLOUR_NAMES))))
+    twin = {k: v.clone() for k, v in attrs.items()}
+    changed = []
+    for i in range(len(key)):
+        attr = names[int(which[i])]
+        s, c = int(attrs["shape"][i]), int(attrs["colour"][i])
+        fits = {"shape": lambda v: (v, c) in allowed, "colour": lambda v: (s, v) in allowed}.get(attr, lambda v: True)
+        opts = [v for v in range(len(ATTRIBUTES[attr])) if v != int(attrs[attr][i]) and fits(v)]
+        if not opts:  # the other attribute has a single allowed partner: vary the texture instead
+            attr = "texture"
+            opts = [v for v in range(len(TEXTURES)) if v != int(attrs[attr][i])]
+        twin[attr][i] = opts[min(int(u[i] * len(opts)), len(opts) - 1)]
+        changed.append(attr)
+    twin["radius"], twin["cx"], twin["cy"] = _place(key, twin["size"], twin["position"])
+    return twin, changed
+
+
+def stream(batch_size: int, seed: int, start: int = 0, constraints: dict | None = None, p: float = 0.6,
+           pair_frac: float = 0.0):
+    """Endless (images, captions) batches for pre-training.
+
+    `pair_frac` of every batch is made of minimal pairs (`minimal_pairs`): two images that differ
+    in one attribute, with captions that name it and are otherwise word for word the same. In
+    the contrastive loss each is the other's hard negative, which forces the image tower to see
+    that attribute (random batches almost never contain such a pair). Batch b holds the images
+    start + b·m .. start + (b+1)·m - 1 (m = batch_size minus the twins) and the twins of the
+    first ones; everything is a function of (seed, index).
+    """
     i = start
     c = constraints if constraints is not None else {"exclude_combos": HELDOUT_COMBOS}
+    n_twins = int(round(batch_size * pair_frac / 2))
+    n_base = batch_size - n_twins
+    combos = allowed_combos(c)
     while True:
-        a = sample_attributes(batch_size, seed, i, c)
+        a = sample_attributes(n_base, seed, i, c)
         mention, prefix = random_mentions(a, p)
-        yield render(a), caption(a, mention, prefix)
-        i += batch_size
+        images, captions = render(a), caption(a, mention, prefix)
+        if n_twins:
+            base = subset(a, slice(0, n_twins))
+            twin, changed = minimal_pairs(base, combos)
+            m = {k: v[:n_twins].clone() for k, v in mention.items()}
+            for j, attr in enumerate(changed):
+                m[attr][j] = True
+            captions[:n_twins] = caption(base, m, prefix[:n_twins])
+            images = torch.cat([images, render(twin)])
+            captions = captions + caption(twin, m, prefix[:n_twins])
+        yield images, captions
+        i += n_base
 
 
 # --------------------------------------------------------------------------- zero-shot suite

@@ -83,6 +83,22 @@ def test_local_state_dict_round_trip(tiny_model, tmp_path):
         assert torch.equal(again.image_tokens(x), tiny_model.image_tokens(x))
 
 
+def test_half_save_halves_the_file_and_loads_as_float32(tiny_model, tmp_path):
+    full, half = tmp_path / "full.pt", tmp_path / "half.pt"
+    save_clip(tiny_model, str(full))
+    save_clip(tiny_model, str(half), half=True)
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    loaded = load_clip("tiny-vit", str(half))
+    state = loaded.clip.state_dict()
+    assert all(v.dtype == torch.float32 for v in state.values() if torch.is_floating_point(v))
+    for k, v in tiny_model.clip.state_dict().items():
+        if torch.is_floating_point(v):  # float16 keeps ~3 significant digits
+            assert torch.allclose(state[k], v, rtol=1e-3, atol=1e-4), k
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(loaded.image_tokens(x), tiny_model.image_tokens(x), atol=2e-2)
+
+
 def test_openai_format_file_gets_quickgelu_and_guard(tiny_model, tmp_path):
     # An OpenAI-format state dict (it carries input_resolution / context_length / vocab_size).
     sd = dict(tiny_model.clip.state_dict())
