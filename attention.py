@@ -125,7 +125,10 @@ def map_distance(a: torch.Tensor, b: torch.Tensor, metric: str, out_size: int) -
 
 def map_distance_explicit(a: torch.Tensor, b: torch.Tensor, metric: str, out_size: int) -> torch.Tensor:
     """The straightforward computation on materialised upsampled maps (reference for tests)."""
-    ua, ub = upsample_map(a, out_size).flatten(1), upsample_map(b, out_size).flatten(1)
+    # Comp-TGA and Grad-CAM pass maps that are already full size: no identity resize for them.
+    if a.shape[-1] != out_size:
+        a, b = upsample_map(a, out_size), upsample_map(b, out_size)
+    ua, ub = a.flatten(1), b.flatten(1)
     if metric == "l2":
         return (ua - ub).norm(p=2, dim=1).mean()
     if metric == "cos":
