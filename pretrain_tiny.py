@@ -40,7 +40,7 @@ from tqdm import tqdm  # noqa: E402
 
 from attacks import no_param_grad, pgd  # noqa: E402
 from clip_model import load_clip, save_clip  # noqa: E402
-from datasets.world import HELDOUT_COMBOS, WORLD_TEST_SETS, build_world, stream  # noqa: E402
+from datasets.world import ATTRIBUTES, HELDOUT_COMBOS, WORLD_TEST_SETS, build_world, stream  # noqa: E402
 
 ARCH = "tiny-world"
 DEFAULT_OUT = "checkpoints/tiny-world-clip.pt"
@@ -57,6 +57,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("Data")
     g.add_argument("--mention_p", type=float, default=0.6,
                    help="probability that a caption names each attribute (shape, colour, size, ...)")
+    g.add_argument("--mention", type=parse_mention, default={},
+                   help="per-attribute overrides of --mention_p, e.g. 'shape=0.9,position=0.9,colour=0.4'")
     g.add_argument("--pair_frac", type=float, default=0.0,
                    help="fraction of each batch made of minimal pairs: two images that differ in one attribute "
                         "(mostly shape or position), captions that differ in one word (datasets/world.py)")
@@ -67,6 +69,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="also PGD-10 robust accuracy at these l_inf budgets (1/255 units); step ε/4")
     g.add_argument("--eval_steps", type=int, default=10, help="PGD steps of the robust evaluation")
     g = p.add_argument_group("Misc")
+    g.add_argument("--arch", default=ARCH, help="open_clip model name or config json of the tiny CLIP")
     g.add_argument("--seed", type=int, default=0, help="initialisation and image-stream seed")
     g.add_argument("--threads", type=int, default=2, help="torch CPU threads (the reference run used 2)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -74,6 +77,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--fp32", action="store_true",
                    help="save float32 weights (default float16: half the file; loading casts back to float32)")
     return p
+
+
+def parse_mention(text: str) -> dict:
+    out = {}
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition("=")
+        if name not in ATTRIBUTES or not value:
+            raise argparse.ArgumentTypeError(f"--mention: expected attribute=probability with attribute in "
+                                             f"{', '.join(ATTRIBUTES)}; got {item!r}")
+        out[name] = float(value)
+    return out
 
 
 def pick_device(name: str) -> torch.device:
@@ -150,7 +164,7 @@ def environment() -> dict:
 def train(args) -> None:
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
-    model = load_clip(ARCH, pretrained=None, device=device)
+    model = load_clip(args.arch, pretrained=None, device=device)
     clip = model.clip
     clip.requires_grad_(True)  # load_clip freezes the text tower (for fine-tuning); here we train both
     decay = [p for n, p in clip.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -159,7 +173,7 @@ def train(args) -> None:
                             lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = ClipLoss()
     batches = stream(args.batch_size, seed=args.seed, constraints={"exclude_combos": HELDOUT_COMBOS},
-                     p=args.mention_p, pair_frac=args.pair_frac)
+                     p={**{a: args.mention_p for a in ATTRIBUTES}, **args.mention}, pair_frac=args.pair_frac)
     model.train()
     t0, c0 = time.time(), time.process_time()
     bar = tqdm(range(args.steps), desc="pretrain", unit="step", dynamic_ncols=True)
@@ -189,9 +203,9 @@ def train(args) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     save_clip(model, args.out, half=not args.fp32)
     # Evaluate what was written (float16 weights read back as float32), not the in-memory model.
-    model = load_clip(ARCH, pretrained=args.out, device=device)
+    model = load_clip(args.arch, pretrained=args.out, device=device)
     res = evaluate(model, eps_list=args.eval_eps, steps=args.eval_steps)
-    card = {"arch": ARCH, "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+    card = {"arch": args.arch, "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
             "args": vars(args), "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size,
             "wall_time_s": round(wall, 1), "cpu_time_s": round(cpu, 1), "final_loss": round(loss.item(), 4),
             "logit_scale": round(clip.logit_scale.exp().item(), 2), "weights": "float32" if args.fp32 else "float16",
@@ -214,7 +228,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if args.eval:
         ckpt = args.resume or args.out
-        model = load_clip(ARCH, pretrained=ckpt, device=pick_device(args.device))
+        model = load_clip(args.arch, pretrained=ckpt, device=pick_device(args.device))
         res = evaluate(model, eps_list=args.eval_eps, steps=args.eval_steps)
         path = os.path.splitext(ckpt)[0] + ".json"
         card = json.load(open(path)) if os.path.isfile(path) else {}

@@ -344,14 +344,17 @@ def caption(attrs: dict, mention: dict | None = None, prefix: torch.Tensor | Non
     return out
 
 
-def random_mentions(attrs: dict, p: float = 0.6) -> tuple[dict, torch.Tensor]:
+def random_mentions(attrs: dict, p: float | dict = 0.6) -> tuple[dict, torch.Tensor]:
     """Which attributes a training caption names (each with probability p), and its prefix.
 
-    Deterministic per image (from its key). Captions with few attributes teach the text tower
-    the one-attribute prompts of the test sets; captions with many make the contrastive task hard.
+    `p`: one probability for every attribute, or a dict attribute -> probability (missing
+    attributes: 0.6). Deterministic per image (from its key). Captions with few attributes teach
+    the text tower the one-attribute prompts of the test sets; captions with many make the
+    contrastive task hard.
     """
     key = attrs["key"]
-    mention = {a: _uniform(key, 40 + j) < p for j, a in enumerate(ATTRIBUTES)}
+    prob = p if isinstance(p, dict) else {a: p for a in ATTRIBUTES}
+    mention = {a: _uniform(key, 40 + j) < prob.get(a, 0.6) for j, a in enumerate(ATTRIBUTES)}
     prefix = (_uniform(key, 50) * len(PREFIXES)).long().clamp_max(len(PREFIXES) - 1)
     return mention, prefix
 
@@ -393,7 +396,7 @@ def minimal_pairs(attrs: dict, combos=None) -> tuple[dict, list[str]]:
     return twin, changed
 
 
-def stream(batch_size: int, seed: int, start: int = 0, constraints: dict | None = None, p: float = 0.6,
+def stream(batch_size: int, seed: int, start: int = 0, constraints: dict | None = None, p: float | dict = 0.6,
            pair_frac: float = 0.0):
     """Endless (images, captions) batches for pre-training.
 
