@@ -135,8 +135,8 @@ class ImageTower(nn.Module):
         x = self.preprocess(x)
         if self.prompter is not None:
             x = self.prompter(x)
-        if cls_only:  # the pooled CLS embedding only: open_clip's own visual forward
-            return self.visual(x)
+        if cls_only:  # the pooled CLS embedding only
+            return self._cls_embedding(x)
         # open_clip's public forward_intermediates: the last block's patch tokens through
         # ln_post (normalize_intermediates) and the pooled CLS after ln_post and proj, in one
         # pass through the blocks and without changing the tower's own forward.
@@ -148,6 +148,41 @@ class ImageTower(nn.Module):
         if proj is not None:
             patches = patches @ proj
         return torch.cat([pooled[:, None, :], patches.to(pooled.dtype)], dim=1)
+
+
+    def _cls_only_last_block(self) -> bool:
+        """Whether the last block may be run for the CLS query alone: a plain open_clip ViT
+        (CLS pooling, no attention pooler, standard pre-norm self-attention blocks)."""
+        v = self.visual
+        blocks = getattr(getattr(v, "transformer", None), "resblocks", None)
+        if not blocks or len(blocks) < 2 or getattr(v, "attn_pool", None) is not None:
+            return False
+        last = blocks[-1]
+        return (getattr(v, "pool_type", None) == "tok" and not getattr(v, "final_ln_after_pool", False)
+                and type(last) is open_clip.transformer.ResidualAttentionBlock and not hasattr(last, "ln_1_kv")
+                and isinstance(last.attn, nn.MultiheadAttention) and last.attn.batch_first
+                and not getattr(v.transformer, "grad_checkpointing", False))
+
+    def _cls_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, D]`: open_clip's pooled, projected CLS for preprocessed pixels.
+
+        Logits need only the CLS output, and after the last block nothing mixes tokens: so the
+        last block's attention is run for the CLS query only (keys and values from every token),
+        and its MLP on the CLS token only. Same maths as `visual(x)`, about 1/12 less work for
+        ViT-B/32 in every attack and evaluation step. Other towers use open_clip's forward."""
+        if not self._cls_only_last_block():
+            return self.visual(x)
+        v = self.visual
+        n = len(v.transformer.resblocks)
+        out = v.forward_intermediates(x, indices=[n - 2], stop_early=True, intermediates_only=True,
+                                      output_fmt="NLC", output_extra_tokens=True)
+        tokens = torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], dim=1)
+        last = v.transformer.resblocks[-1]
+        h = last.ln_1(tokens)
+        cls = tokens[:, :1] + last.ls_1(last.attn(h[:, :1], h, h, need_weights=False)[0])
+        cls = cls + last.ls_2(last.mlp(last.ln_2(cls)))
+        pooled = v.ln_post(cls[:, 0])
+        return pooled @ v.proj if v.proj is not None else pooled
 
 
 class ClipModel(nn.Module):

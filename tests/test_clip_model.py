@@ -17,6 +17,42 @@ def test_cls_token_equals_open_clip_encode_image(tiny_model):
     assert torch.allclose(tokens[:, 0], ref, atol=1e-6)
 
 
+@pytest.mark.parametrize("prompts", [0, 3])
+def test_cls_only_path_equals_open_clip_forward(prompts):
+    """`image_features` runs the last block for the CLS query only: same values and same input
+    gradients as open_clip's full forward, with and without appended VPT prompt tokens."""
+    from prompters import install_prompter
+    torch.manual_seed(0)
+    model = load_clip("tiny-vit", None)
+    if prompts:
+        install_prompter(model, "null_patch", add_prompt_size=prompts)
+        with torch.no_grad():
+            model.prompter.token_prompter.positional_embedding.normal_()
+    tower = model.image_tower
+    assert tower._cls_only_last_block()
+    x = torch.rand(3, 3, 224, 224, requires_grad=True)
+    fast = model.image_features(x)
+    (g_fast,) = torch.autograd.grad(fast.square().sum(), x)
+    full = tower.visual(tower.prompter(tower.preprocess(x)) if prompts else tower.preprocess(x))
+    (g_full,) = torch.autograd.grad(full.square().sum(), x)
+    assert torch.allclose(fast, full, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(fast, model.image_tokens(x)[:, 0], atol=1e-5, rtol=1e-5)
+    assert torch.allclose(g_fast, g_full, atol=1e-6, rtol=1e-4)
+
+
+def test_cls_only_path_falls_back_for_other_pooling(tiny_model):
+    v = tiny_model.visual
+    old = v.pool_type
+    try:
+        v.pool_type = "avg"
+        assert not tiny_model.image_tower._cls_only_last_block()
+        x = torch.rand(2, 3, 224, 224)
+        with torch.no_grad():
+            assert torch.equal(tiny_model.image_features(x), v(tiny_model.image_tower.preprocess(x)))
+    finally:
+        v.pool_type = old
+
+
 def test_patch_tokens_equal_ln_post_then_proj(tiny_model):
     x = torch.rand(2, 3, 224, 224)
     v = tiny_model.visual
