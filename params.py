@@ -4,7 +4,7 @@ Defaults are layered: parser defaults < `configs/<method>.yaml` of the chosen `-
 < the file given with `-c/--config` < flags on the command line (the CLI always wins).
 ε and step sizes are in 1/255 units, as floats.
 
-    python tga_zsr.py -c configs/smoke.yaml
+    python tga_zsr.py -c configs/synthetic.yaml
     python tga_zsr.py --Method TGA-ZSR --Alpha 0.08 --Beta 0.05
 """
 from __future__ import annotations
@@ -104,6 +104,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpu", type=int, default=None, help="original flag: same as --device cuda:N")
     g.add_argument("--precision", default="amp", choices=["amp", "fp32", "bf16"],
                    help="amp = fp16 autocast + GradScaler on CUDA (the original), fp32 on CPU")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the visual towers (trained and frozen); checkpoints are unchanged")
     g.add_argument("--print_freq", type=int, default=50)
     g.add_argument("--save_freq", type=int, default=50, help="checkpoint every N steps (0: only per epoch)")
     g.add_argument("--tensorboard", action="store_true", help="log scalars to <run>/tb")
@@ -128,7 +130,8 @@ def method_config_path(method: str) -> Path | None:
 
 
 # Flags that describe this invocation, not the run: never taken from a run's args.yaml.
-PER_INVOCATION = {"resume", "eval_only", "table", "max_steps", "config", "device", "gpu", "no_eval", "dist_timeout"}
+PER_INVOCATION = {"resume", "eval_only", "table", "max_steps", "config", "device", "gpu", "no_eval", "dist_timeout",
+                  "compile"}
 
 
 def run_args_of(resume: str | None) -> dict:

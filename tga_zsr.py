@@ -5,7 +5,7 @@ PGD examples and `L = CE + Alpha · L_AR + Beta · L_AMC` (paper Eq. 6–8, SPEC
 baseline of the method registry (`--Method`), then evaluates clean and PGD-100 robust
 zero-shot accuracy on the test datasets (SPEC §5).
 
-    python tga_zsr.py -c configs/smoke.yaml                      # tiny model, synthetic data, CPU
+    python tga_zsr.py -c configs/synthetic.yaml                      # tiny model, synthetic data, CPU
     python tga_zsr.py --Method TGA-ZSR --Alpha 0.08 --Beta 0.05  # the paper's run (GPU)
     python tga_zsr.py --eval_only --resume checkpoints/<run>      # evaluate a run
     python tga_zsr.py --visualize --resume checkpoints/<run>      # attention grid (visualize.py)
@@ -255,6 +255,10 @@ def run(args, dist_info: distributed.DistInfo, argv=None) -> int:
             text = model.encode_text(train_data.prompts)
         frozen = model.frozen_image_tower() if method.needs_frozen else None  # before any prompts
         prepare_model(model, args, method)
+        if args.compile:  # in place (nn.Module.compile): state dict keys unchanged; after the frozen copy
+            for tower in (model.image_tower, frozen):
+                if tower is not None:
+                    tower.compile()
         cache = FrozenMapCache(len(train_data), model.grid_size, device) if args.cache_frozen_maps else None
         ctx = StepContext(model=model, text_features=text, args=args, frozen=frozen, map_cache=cache,
                           prompts=list(train_data.prompts), classnames=list(train_data.classnames))
@@ -294,6 +298,8 @@ def run(args, dist_info: distributed.DistInfo, argv=None) -> int:
         method_label = eval_method_label(args, argv, None, None)
 
     if not args.no_eval:
+        if args.compile and not train:
+            model.image_tower.compile()
         evaluate_run(args, model, run_dir, checkpoint_desc, device, precision, method_label)
     return 0
 
