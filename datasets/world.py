@@ -11,10 +11,11 @@ The registry entries (prefix `world_`) mirror the paper's protocol (SPEC §0, §
 
 * `world_train` plays TinyImageNet: the 52 shape–colour classes that are not held out,
   prompt "This is a photo of a {colour} {shape}".
-* seven zero-shot test sets the fine-tuning never sees, each with its own task, template and
-  class names: `world_heldout` (the 12 held-out shape–colour combinations, never seen in
-  pre-training either), `world_shape`, `world_colour`, `world_texture`, `world_size`,
-  `world_background`, `world_position`.
+* six zero-shot test sets the fine-tuning never sees (`WORLD_TEST_SETS`), each with its own
+  task, template and class names: `world_heldout` (the 12 held-out shape–colour combinations,
+  never seen in pre-training either), `world_shape`, `world_colour`, `world_texture`,
+  `world_size`, `world_background`; and `world_position`, a diagnostic set outside the suite
+  (the bundled model has not learned position).
 
 `pretrain_tiny.py` trains the bundled tiny CLIP (`checkpoints/tiny-world-clip.pt`) on captions
 that mention a random subset of the attributes, so that the text tower learns every one of them
@@ -504,4 +505,8 @@ def _register(name: str):
 for _name in SUITE:
     _register(_name)
 
-WORLD_TEST_SETS = [n for n in SUITE if n != "world_train"]
+# The zero-shot suite of the mini benchmark. `world_position` is registered and rendered but kept
+# out: the bundled tiny CLIP does not learn position (zero-shot at chance, see
+# checkpoints/tiny-world-clip.json), so its numbers would say nothing about robustness.
+DIAGNOSTIC_SETS = ["world_position"]
+WORLD_TEST_SETS = [n for n in SUITE if n != "world_train" and n not in DIAGNOSTIC_SETS]
