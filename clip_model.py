@@ -105,6 +105,26 @@ def read_weights_file(path: str) -> tuple[dict, dict]:
     return state, info
 
 
+def sequence_first(visual: nn.Module) -> None:
+    """Run the tower's blocks in open_clip's sequence-first layout ([L, B, D], `batch_first=False`).
+
+    Why: with batch-first blocks, `nn.MultiheadAttention` transposes its input to [L, B, D]
+    without copying, and a linear layer on that non-contiguous tensor becomes a batched matmul
+    against the weight expanded 50 times: on the CPU the QKV projection and its backward then
+    take ~1.6× as long, ~10 % of every forward + backward with gradients (attacks, training).
+    open_clip supports both layouts (its `forward_intermediates` makes the [L, B, D] copy
+    contiguous); the weights, outputs and state dict are the same. Towers with other blocks
+    are left as they are."""
+    transformer = getattr(visual, "transformer", None)
+    blocks = getattr(transformer, "resblocks", None)
+    if not blocks or not all(type(b) is open_clip.transformer.ResidualAttentionBlock
+                             and isinstance(b.attn, nn.MultiheadAttention) for b in blocks):
+        return
+    transformer.batch_first = False
+    for b in blocks:
+        b.attn.batch_first = False
+
+
 class ImageTower(nn.Module):
     """open_clip visual tower + CLIP preprocessing; forward returns all projected tokens.
 
@@ -125,6 +145,8 @@ class ImageTower(nn.Module):
         self.prompter: nn.Module | None = None
         g = visual.grid_size
         self.num_patches = int(g[0] * g[1]) if isinstance(g, (tuple, list)) else int(g * g)
+        sequence_first(visual)
+
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.image_size:  # bicubic 224 -> 224 is the identity: skip it
@@ -160,7 +182,7 @@ class ImageTower(nn.Module):
         last = blocks[-1]
         return (getattr(v, "pool_type", None) == "tok" and not getattr(v, "final_ln_after_pool", False)
                 and type(last) is open_clip.transformer.ResidualAttentionBlock and not hasattr(last, "ln_1_kv")
-                and isinstance(last.attn, nn.MultiheadAttention) and last.attn.batch_first
+                and isinstance(last.attn, nn.MultiheadAttention)
                 and not getattr(v.transformer, "grad_checkpointing", False))
 
     def _cls_embedding(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,10 +200,15 @@ class ImageTower(nn.Module):
                                       output_fmt="NLC", output_extra_tokens=True)
         tokens = torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], dim=1)
         last = v.transformer.resblocks[-1]
-        h = last.ln_1(tokens)
-        cls = tokens[:, :1] + last.ls_1(last.attn(h[:, :1], h, h, need_weights=False)[0])
+        if last.attn.batch_first:
+            h = last.ln_1(tokens)                                  # [B, L, D]
+            attended = last.attn(h[:, :1], h, h, need_weights=False)[0][:, 0]
+        else:  # sequence-first blocks (see sequence_first): [L, B, D], as in the full forward
+            h = last.ln_1(tokens.transpose(0, 1).contiguous())
+            attended = last.attn(h[:1], h, h, need_weights=False)[0][0]
+        cls = tokens[:, 0] + last.ls_1(attended)
         cls = cls + last.ls_2(last.mlp(last.ln_2(cls)))
-        pooled = v.ln_post(cls[:, 0])
+        pooled = v.ln_post(cls)
         return pooled @ v.proj if v.proj is not None else pooled
 
 

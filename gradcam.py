@@ -42,6 +42,8 @@ class GradCAM:
 
     def __init__(self, tower: nn.Module):
         self.layer = target_layer(tower)
+        visual = getattr(tower, "visual", tower)
+        self.batch_first = getattr(visual.transformer, "batch_first", True)
         self.num_patches = getattr(tower, "num_patches", None)
         self._recording = False
         self._activation = None
@@ -101,6 +103,8 @@ class GradCAM:
         g = math.isqrt(n)
         # [B, L, C] (open_clip is batch-first) -> the patch tokens as [B, C, g, g], row-major.
         def grid(t):
+            if not self.batch_first:  # sequence-first blocks ([L, B, D], clip_model.sequence_first)
+                t = t.transpose(0, 1)
             return t[:, 1:1 + n].float().transpose(1, 2).reshape(t.shape[0], -1, g, g)
         a, gr = grid(act), grid(grad)
         if not differentiable:

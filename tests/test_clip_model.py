@@ -40,6 +40,24 @@ def test_cls_only_path_equals_open_clip_forward(prompts):
     assert torch.allclose(g_fast, g_full, atol=1e-6, rtol=1e-4)
 
 
+def test_blocks_run_sequence_first_with_identical_outputs():
+    """The towers are switched to open_clip's sequence-first block layout (faster projections
+    with gradients on the CPU): same tokens as the batch-first layout, same state dict keys."""
+    torch.manual_seed(0)
+    model = load_clip("tiny-vit", None)
+    v = model.visual
+    assert v.transformer.batch_first is False and not v.transformer.resblocks[0].attn.batch_first
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        seq_first = model.image_tokens(x)
+        v.transformer.batch_first = True
+        for b in v.transformer.resblocks:
+            b.attn.batch_first = True
+        batch_first = model.image_tokens(x)
+    assert torch.allclose(seq_first, batch_first, atol=1e-5, rtol=1e-5)
+    assert set(model.state_dict()) == set(load_clip("tiny-vit", None).state_dict())
+
+
 def test_cls_only_path_falls_back_for_other_pooling(tiny_model):
     v = tiny_model.visual
     old = v.pool_type
@@ -62,8 +80,11 @@ def test_patch_tokens_equal_ln_post_then_proj(tiny_model):
         h = v.conv1(normed).flatten(2).transpose(1, 2)
         h = torch.cat([v.class_embedding.expand(2, 1, -1), h], dim=1) + v.positional_embedding
         h = v.ln_pre(h)
+        seq_first = not v.transformer.batch_first  # clip_model.sequence_first: blocks take [L, B, D]
+        h = h.transpose(0, 1) if seq_first else h
         for blk in v.transformer.resblocks:
             h = blk(h)
+        h = h.transpose(0, 1) if seq_first else h
         want = v.ln_post(h)[:, 1:] @ v.proj
     assert torch.allclose(tokens[:, 1:], want, atol=1e-5)
 
