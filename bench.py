@@ -6,8 +6,9 @@ attack, forward + backward for the adversarial and for the clean images (3 units
 one frozen forward; with `--cache_frozen_maps` after the first epoch, (2K + 6). One PGD
 evaluation step needs 2 units (forward + input-only backward). The benchmark reports each
 time, its ratio to that floor, images/s, the FLOPs of one forward (torch's FlopCounterMode)
-and the achieved GFLOP/s. Each repetition times the unit right before each item, so every ratio
-compares measurements seconds apart; medians of `--reps` repetitions after `--warmup` warm-ups.
+and the achieved GFLOP/s. Each repetition first times the unit (median of three
+forwards), then each item, so every ratio compares measurements seconds apart; medians of
+`--reps` repetitions after `--warmup` warm-ups.
 
     python bench.py                                    # ViT-B/32, batch 16, 25 and 200 classes, CPU fp32
     python bench.py --device cuda --precision amp --batch_size 128 --classes 200
@@ -139,7 +140,9 @@ def bench_one(model, n_classes: int, args, device, precision: str) -> dict:
             fn()
     units, secs, ratios = [], {k: [] for k in items}, {k: [] for k in items}
     for _ in range(args.reps):
-        t_unit = timed(as_eval(unit), 1, 0, device)
+        # the unit of this repetition: the median of three forwards (a single 0.5 s forward
+        # varies by ±20 % on a shared CPU, and every ratio of the repetition divides by it)
+        t_unit = statistics.median(timed(as_eval(unit), 1, 0, device) for _ in range(3))
         units.append(t_unit)
         for name, fn in items.items():
             t = timed(fn, 1, 0, device)
