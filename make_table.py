@@ -66,8 +66,13 @@ def load_runs(runs: list[str]) -> list[tuple[str, list[dict]]]:
     return out
 
 
+# The mini world's sets in their suite order (datasets/world.py SUITE; not imported: no torch here).
+WORLD_ORDER = ["world_heldout", "world_shape", "world_colour", "world_texture", "world_size", "world_background",
+               "world_position"]
+
+
 def dataset_order(names: set[str]) -> list[str]:
-    known = [d for d in ALL_TEST_SETS if d in names]
+    known = [d for d in ALL_TEST_SETS + WORLD_ORDER if d in names]
     return known + sorted(names - set(known))
 
 
