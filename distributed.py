@@ -18,7 +18,7 @@ What is distributed, and how the maths stays that of one process (SPEC §0):
 * Only rank 0 writes files; every collective has a timeout (`--dist_timeout`).
 
     torchrun --nproc_per_node 4 tga_zsr.py --Method TGA-ZSR --batch_size 128     # 4 GPUs, 32 per GPU
-    torchrun --nproc_per_node 2 tga_zsr.py -c configs/smoke.yaml --device cpu    # CPU test (gloo)
+    torchrun --nproc_per_node 2 tga_zsr.py -c configs/synthetic.yaml --device cpu    # CPU test (gloo)
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from clip_model import load_clip
 from runtime import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ["-c", "configs/smoke.yaml", "--device", "cpu", "--print_freq", "1", "--max_steps", "2",
+BASE = ["-c", "configs/synthetic.yaml", "--device", "cpu", "--print_freq", "1", "--max_steps", "2",
         "--learning_rate", "1e-3"]  # large enough for 2 steps to move the weights well past TOL
 EXACT = ["--train_eps", "0"]     # no random start: DDP and one process see the same images
 EVAL = ["--n_samples", "23", "--testdata", "synthetic_colors", "--test_numsteps", "3"]  # odd: shards 12 + 11
@@ -121,7 +121,7 @@ def test_sharded_evaluation_equals_one_process(ddp, tmp_path):
     assert row["n"] == 23
     # the same weights, evaluated by one process (a copied checkpoint: a fresh run folder)
     shutil.copy(ddp["runs"] / "plain" / "last.pt", tmp_path / "weights.pt")
-    assert tga_zsr.main(["-c", "configs/smoke.yaml", "--device", "cpu", "--eval_only", "--resume",
+    assert tga_zsr.main(["-c", "configs/synthetic.yaml", "--device", "cpu", "--eval_only", "--resume",
                          str(tmp_path / "weights.pt"), "--output_dir", str(tmp_path), "--name", "ref"] + EVAL) == 0
     ref = json.loads((tmp_path / "ref" / "results.jsonl").read_text())
     assert (row["n"], row["clean_acc"], row["robust_acc"]) == (ref["n"], ref["clean_acc"], ref["robust_acc"])

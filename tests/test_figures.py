@@ -9,7 +9,7 @@ import tga_zsr
 import visualize
 from checkpoint import load_file
 
-SMOKE = ["-c", "configs/smoke.yaml", "--device", "cpu", "--test_numsteps", "2", "--testdata", "synthetic_colors"]
+SMOKE = ["-c", "configs/synthetic.yaml", "--device", "cpu", "--test_numsteps", "2", "--testdata", "synthetic_colors"]
 
 
 def png_size(path):
@@ -160,3 +160,18 @@ def test_loss_curve_reads_a_resumed_history(tmp_path):
     assert [(r["step"], r["loss"]) for r in hist] == [(2, 3.0), (4, 2.0), (6, 1.0)]
     path = visualize.plot_loss_curve(tmp_path, dpi=50)
     assert same_size(png_size(path), (3 * 3.4, 2.6 + 0.4), 50)  # loss, ce, lr: one row of 3
+
+
+def test_trade_off_of_a_whole_table_uses_a_legend():
+    """More than LABELLED_POINTS methods: one legend entry per point, with its numbers, and
+    distinct colours (11 points: the table of the mini benchmark)."""
+    points = [{"label": f"M{i}", "clean": 60.0 + i, "robust": 40.0 + (i % 3)} for i in range(11)]
+    fig = visualize.draw_trade_off(points)
+    ax = fig.axes[0]
+    assert ax.collections[0].get_offsets().shape == (11, 2)
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [f"M{i} ({60.0 + i:.1f}, {40.0 + i % 3:.1f})" for i in range(11)]
+    colours = ax.collections[0].get_facecolors()
+    assert len({tuple(c) for c in colours.tolist()}) == 11
+    assert not ax.texts or all(t.get_text().startswith("avg") for t in ax.texts)  # no point labels
+    visualize.pyplot().close(fig)

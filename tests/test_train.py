@@ -11,7 +11,7 @@ from checkpoint import load_file, load_visual_weights
 from clip_model import load_clip
 from train import lr_at
 
-SMOKE = ["-c", "configs/smoke.yaml", "--device", "cpu", "--no_eval", "--print_freq", "1"]
+SMOKE = ["-c", "configs/synthetic.yaml", "--device", "cpu", "--no_eval", "--print_freq", "1"]
 
 
 def test_lr_schedule_values():
@@ -77,7 +77,7 @@ def test_cli_overrides_config_and_method_config(tmp_path):
     assert a.learning_rate == 1e-5 and a.Alpha == 0.0           # configs/tecoa.yaml
     b = parse_args(["--Method", "TeCoA", "--learning_rate", "0.3"])
     assert b.learning_rate == 0.3                                  # CLI wins
-    c = parse_args(["-c", "configs/smoke.yaml", "--Alpha", "0.5"])
+    c = parse_args(["-c", "configs/synthetic.yaml", "--Alpha", "0.5"])
     assert c.arch == "tiny-vit" and c.Alpha == 0.5
 
 
