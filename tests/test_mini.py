@@ -1,0 +1,76 @@
+"""The mini benchmark's claim, measured rather than asserted: a short adversarial fine-tuning of
+the bundled tiny-world CLIP on world_train makes it more robust on world test sets it never saw,
+and TGA-ZSR keeps more of its clean accuracy than TeCoA does (or nearly as much).
+
+The runs are the mini config (configs/mini.yaml, main.sh's mini learning rates) shortened to
+SHORT below: one epoch, a class-balanced subset of each test set. About 40 s on 2 cores.
+
+    python -m pytest tests/test_mini.py -q
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import tga_zsr
+from results import read_results
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CKPT = os.path.join(ROOT, "checkpoints", "tiny-world-clip.pt")
+# The learning rates main.sh gives these methods in the mini benchmark (paper rate × 100).
+MINI_LR = {"TeCoA": 1e-3, "TGA-ZSR": 1e-2}
+SHORT = ["-c", os.path.join(ROOT, "configs", "mini.yaml"), "--device", "cpu", "--epochs", "1",
+         "--n_samples", "96", "--seed", "0"]  # 96 class-balanced images per test set
+
+pytestmark = pytest.mark.skipif(not os.path.isfile(CKPT), reason=f"{CKPT} missing: run python pretrain_tiny.py")
+
+
+def means(run_dir) -> tuple[float, float]:
+    rows = read_results(run_dir)
+    assert len(rows) == 6, [r["dataset"] for r in rows]
+    return (sum(r["clean_acc"] for r in rows) / len(rows), sum(r["robust_acc"] for r in rows) / len(rows))
+
+
+@pytest.fixture(scope="module")
+def mini_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mini")
+    torch.set_num_threads(2)
+    runs = {}
+    for method in ("CLIP", "TeCoA", "TGA-ZSR"):
+        argv = SHORT + ["--Method", method, "--output_dir", str(out), "--name", method]
+        if method in MINI_LR:
+            argv += ["--learning_rate", str(MINI_LR[method])]
+        assert tga_zsr.main(argv) == 0
+        runs[method] = means(out / method)
+    return runs
+
+
+def test_main_sh_mini_learning_rates_match():
+    text = open(os.path.join(ROOT, "main.sh")).read()
+    assert "MINI_LR_FACTOR=100" in text and "[tecoa]=1e-5" in text and "[tga_zsr]=1e-4" in text
+
+
+# Measured with exactly these runs (seed 0, 2 threads, 2026-11-22): CLIP clean 81.25 / robust
+# 36.46; TeCoA 75.35 / 47.57 (+11.1 robust); TGA-ZSR 69.10 / 51.22 (+14.8 robust). The bars keep
+# about half of each measured effect as slack for other machines' floating point.
+ROBUST_GAIN = 5.0       # points of mean robust accuracy over the untuned model, each method
+# TGA-ZSR trains at the paper's 10x larger learning rate than TeCoA (1e-4 vs 1e-5, both x100
+# here) and pays for it in clean accuracy in this short run (-6.3 points; -2.2 after the full
+# 2-epoch mini benchmark, README "Mini benchmark"): the stated tolerance is 10 points.
+CLEAN_TOLERANCE = 10.0
+
+
+def test_adversarial_fine_tuning_makes_the_world_robust(mini_runs):
+    clip_clean, clip_robust = mini_runs["CLIP"]
+    for method in ("TeCoA", "TGA-ZSR"):
+        clean, robust = mini_runs[method]
+        assert robust >= clip_robust + ROBUST_GAIN, (method, robust, clip_robust)
+        assert clean >= 50.0, (method, clean)  # still a zero-shot model (chance is ~18 % on average)
+
+
+def test_tga_zsr_keeps_clean_accuracy(mini_runs):
+    tecoa_clean, _ = mini_runs["TeCoA"]
+    tga_clean, _ = mini_runs["TGA-ZSR"]
+    assert tga_clean >= tecoa_clean - CLEAN_TOLERANCE, (tga_clean, tecoa_clean)
