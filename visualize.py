@@ -318,19 +318,31 @@ def trade_off_points(runs: list[str | Path], eps: float | None = None) -> list[d
     return points
 
 
+LABELLED_POINTS = 6  # more points than this get a legend instead of labels next to them
+
+
 def draw_trade_off(points: list[dict], title: str = ""):
     """Scatter of the points (one `scatter` call, in the order given) with iso-Average lines."""
     plt = pyplot()
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=TRADE_OFF_SIZE, layout="constrained")
+        w, h = TRADE_OFF_SIZE
+        fig, ax = plt.subplots(figsize=(w if len(points) <= LABELLED_POINTS else w + 3.2, h), layout="constrained")
         xs = [p["clean"] for p in points]
         ys = [p["robust"] for p in points]
-        colours = [plt.get_cmap("tab10")(i % 10) for i in range(len(points))]
+        cmap = plt.get_cmap("tab10" if len(points) <= 10 else "tab20")
+        colours = [cmap(i % cmap.N) for i in range(len(points))]
         ax.scatter(xs, ys, c=colours, s=60, zorder=3, edgecolors="black", linewidths=0.6)
-        for i, (p, x, y) in enumerate(zip(points, xs, ys)):
-            # points on (nearly) the same spot get their labels stacked, not printed over each other
-            below = sum(abs(x - xs[j]) < 1.0 and abs(y - ys[j]) < 1.0 for j in range(i))
-            ax.annotate(p["label"], (x, y), xytext=(6, 5 + 13 * below), textcoords="offset points", fontsize=10)
+        if len(points) <= LABELLED_POINTS:
+            for i, (p, x, y) in enumerate(zip(points, xs, ys)):
+                # points on (nearly) the same spot get their labels stacked, not printed over each other
+                below = sum(abs(x - xs[j]) < 1.0 and abs(y - ys[j]) < 1.0 for j in range(i))
+                ax.annotate(p["label"], (x, y), xytext=(6, 5 + 13 * below), textcoords="offset points", fontsize=10)
+        else:  # a whole table's worth of methods crowd together: a legend stays readable
+            for p, colour in zip(points, colours):
+                ax.scatter([], [], color=colour, s=60, edgecolors="black", linewidths=0.6,
+                           label=f"{p['label']} ({p['clean']:.1f}, {p['robust']:.1f})")
+            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=9, frameon=False,
+                      title="method (clean, robust)", title_fontsize=9)
         # A square view with equal aspect, so the iso-Average lines run at −45° and read as such.
         span = min(104.0, max(20.0, 1.3 * max(max(xs) - min(xs), max(ys) - min(ys))))
         x0 = min(max(-2.0, (max(xs) + min(xs) - span) / 2), 102.0 - span)
