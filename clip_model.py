@@ -147,7 +147,6 @@ class ImageTower(nn.Module):
         self.num_patches = int(g[0] * g[1]) if isinstance(g, (tuple, list)) else int(g * g)
         sequence_first(visual)
 
-
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.image_size:  # bicubic 224 -> 224 is the identity: skip it
             x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False)
@@ -170,7 +169,6 @@ class ImageTower(nn.Module):
         if proj is not None:
             patches = patches @ proj
         return torch.cat([pooled[:, None, :], patches.to(pooled.dtype)], dim=1)
-
 
     def _cls_only_last_block(self) -> bool:
         """Whether the last block may be run for the CLS query alone: a plain open_clip ViT

@@ -101,7 +101,7 @@ class GradCAM:
         (grad,) = torch.autograd.grad(selected, act, retain_graph=True, create_graph=differentiable)
         n = self.num_patches or (act.shape[1] - 1)
         g = math.isqrt(n)
-        # [B, L, C] (open_clip is batch-first) -> the patch tokens as [B, C, g, g], row-major.
+        # [B, L, C] (or [L, B, C] for sequence-first blocks) -> the patch tokens as [B, C, g, g], row-major.
         def grid(t):
             if not self.batch_first:  # sequence-first blocks ([L, B, D], clip_model.sequence_first)
                 t = t.transpose(0, 1)
