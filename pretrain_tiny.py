@@ -191,7 +191,9 @@ def train(args) -> None:
         x, captions = next(batches)
         x = x.to(device)
         tokens = model.tokenizer(captions).to(device)
-        img = clip.encode_image(model.image_tower.preprocess(x), normalize=True)
+        # the tower's CLS path (clip_model.ImageTower): open_clip's own forward would hand its
+        # sequence-first blocks a non-contiguous input (the slow batched-matmul projection)
+        img = F.normalize(model.image_tower(x, cls_only=True), dim=-1)
         txt = clip.encode_text(tokens, normalize=True)
         loss = loss_fn(img, txt, clip.logit_scale.exp())
         if not torch.isfinite(loss):
