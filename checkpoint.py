@@ -1,6 +1,6 @@
-"""Run folders and checkpoints: atomic writes, exact resume, and loading weights from elsewhere.
+"""Checkpoints and weight files of every origin: the one place that writes and reads them.
 
-Our checkpoint (`last.pt`) holds the trainable state (`vision_encoder_state_dict`: open_clip /
+Our checkpoint (`last.pt`, written by `train.Trainer` through `trainable_state` + `atomic_save`) holds the trainable state (`vision_encoder_state_dict`: open_clip /
 OpenAI names of `model.visual`, the key the original TGA-ZSR/TeCoA code uses), prompt
 parameters if any, optimizer, scaler, global step, epoch, RNG states and the args. Everything
 is stored as tensors and plain values, and every checkpoint is read with
@@ -9,6 +9,10 @@ is stored as tensors and plain values, and every checkpoint is read with
 Foreign formats (SPEC §7) load strictly into `model.visual`, with mismatched keys named:
 the original `.pth.tar` (`vision_encoder_state_dict`, or `state_dict` with `module.` /
 `visual.` prefixes), a bare visual `state_dict` (RobustVLM / FARE), a whole-CLIP state dict.
+Whole-CLIP files for `load_clip` (`read_weights_file`): OpenAI's TorchScript archive, open_clip
+checkpoints, plain state dicts, and the files `save_clip` writes (the bundled tiny-world model).
+
+    from checkpoint import load_visual_weights, read_weights_file, save_clip
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import hashlib
 import logging
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -25,7 +30,6 @@ log = logging.getLogger("tga_zsr")
 OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 CHECKPOINT_NAME = "last.pt"
-FINISHED_MARK = "finished"
 
 
 def atomic_save(obj, path: str | Path) -> None:
@@ -87,7 +91,8 @@ def resolve_checkpoint(run_or_file: str | Path) -> Path:
     return p
 
 
-def _strip(state: dict, prefix: str) -> dict:
+def strip_prefix(state: dict, prefix: str) -> dict:
+    """Drop `prefix` from every key, if every key has it (DDP's `module.`, a whole CLIP's `visual.`)."""
     if state and all(k.startswith(prefix) for k in state):
         return {k[len(prefix):]: v for k, v in state.items()}
     return state
@@ -101,7 +106,7 @@ def extract_visual_state(obj: dict) -> tuple[dict, str]:
         state, fmt = obj["state_dict"], "checkpoint state_dict"
     else:
         state, fmt = obj, "bare state_dict"
-    state = _strip(dict(state), "module.")
+    state = strip_prefix(dict(state), "module.")
     if any(k.startswith("visual.") for k in state):  # whole-CLIP dict: keep the visual tower
         state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
         fmt += " (whole CLIP, visual tower taken)"
@@ -177,10 +182,28 @@ def load_visual_weights(model, path: str | Path, obj: dict | None = None) -> str
     return fmt
 
 
+def trainable_state(model, extra: dict | None = None) -> dict:
+    """What a run trains, in the checkpoint's format: the visual tower (`vision_encoder_state_dict`,
+    the key of the original code), the visual prompts if any, and other trained tensors (`extra`:
+    {name in model.clip: parameter}, e.g. TIMA's text tower)."""
+    state = {"vision_encoder_state_dict": model.visual.state_dict()}
+    if model.prompter is not None:
+        state["prompter_state_dict"] = model.prompter.state_dict()  # pixel and token prompts
+    if extra:
+        state["extra_trainable_state"] = {n: p.detach() for n, p in extra.items()}
+    return state
+
+
+def load_trainable_state(model, ckpt: dict) -> None:
+    """The inverse of `trainable_state`, strictly."""
+    model.visual.load_state_dict(ckpt["vision_encoder_state_dict"], strict=True)
+    load_prompts_and_extra(model, ckpt)
+
+
 def load_prompts_and_extra(model, ckpt: dict) -> None:
     """Visual prompts (`prompter_state_dict`) and other trained tensors (`extra_trainable_state`,
     e.g. TIMA's text tower, named as in model.clip) of our checkpoints, strictly."""
-    prompter = getattr(model, "prompter", None)
+    prompter = model.prompter
     if ckpt.get("prompter_state_dict"):
         if prompter is None:
             raise SystemExit("the checkpoint holds visual prompts but the model has none: evaluate it with "
@@ -195,3 +218,54 @@ def load_prompts_and_extra(model, ckpt: dict) -> None:
             raise SystemExit(f"checkpoint tensor '{name}': shape {tuple(value.shape)} vs model {tuple(param.shape)}")
         with torch.no_grad():
             param.copy_(value.to(param.dtype))
+
+
+# --- whole-CLIP weight files (load_clip) ------------------------------------------------------------
+def read_weights_file(path: str) -> tuple[dict, dict]:
+    """Read a whole CLIP's weights from a local file. Returns (state_dict, info).
+
+    Accepts OpenAI's TorchScript archive (the `.pt` that `clip.load` downloads), an open_clip
+    checkpoint (`{'state_dict': ...}` with optional `module.` prefixes), a plain state dict and the
+    files `save_clip` writes. Pickled files are read with `weights_only=True`.
+    `info['openai']` says whether the weights are OpenAI's (they were trained with QuickGELU).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained weights file not found: {path}")
+    info = {"openai": False, "quick_gelu": None, "arch": None}
+    state = None
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            is_torchscript = any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+        if is_torchscript:
+            state = torch.jit.load(path, map_location="cpu").state_dict()
+            info["openai"] = True
+    if state is None:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}: expected a state dict or a checkpoint dict, got {type(obj).__name__}")
+        meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+        info["quick_gelu"] = meta.get("quick_gelu")
+        info["arch"] = meta.get("arch")
+        for key in ("clip_state_dict", "state_dict", "model"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+        state = strip_prefix(dict(obj), "module.")
+        info["openai"] = bool(meta.get("openai")) or any(k in state for k in OPENAI_ONLY_KEYS)
+    for k in OPENAI_ONLY_KEYS:
+        state.pop(k, None)
+    state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in state.items()}
+    return state, info
+
+
+def save_clip(model, path: str, half: bool = False) -> None:
+    """Save a whole CLIP (both towers) as a plain state dict with the metadata `read_weights_file` reads.
+
+    `half=True` stores floating tensors as float16 (half the file; used for the bundled
+    checkpoint); they are cast back to float32 on load."""
+    meta = {"arch": model.arch, "quick_gelu": model.quick_gelu, "openai": model.pretrained == "openai",
+            "half": half}
+    state = model.clip.state_dict()
+    if half:
+        state = {k: (v.half() if torch.is_floating_point(v) else v) for k, v in state.items()}
+    atomic_save({"state_dict": state, "meta": meta}, path)

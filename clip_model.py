@@ -15,15 +15,18 @@ inside the model, so every attack perturbs raw pixels (the AutoAttack convention
 from __future__ import annotations
 
 import copy
-import json
+import logging
 import os
-import zipfile
 from pathlib import Path
 
 import open_clip
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from checkpoint import read_weights_file
+
+log = logging.getLogger("tga_zsr")
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -36,11 +39,6 @@ ARCH_ALIASES = {
     "vit_b32": "ViT-B-32", "vit-b/32": "ViT-B-32", "vit_b16": "ViT-B-16", "vit-b/16": "ViT-B-16",
     "vit_l14": "ViT-L-14", "vit-l/14": "ViT-L-14",
 }
-# Buffers of OpenAI's TorchScript model that open_clip's CLIP does not have. Their presence
-# in a state dict is how we recognise OpenAI weights (which need QuickGELU) in a plain file.
-OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
-
-
 def resolve_arch(arch: str) -> str:
     """Map the original `--arch` spellings to open_clip names; accept config-file paths."""
     if arch.endswith(".json") and os.path.isfile(arch):
@@ -60,49 +58,6 @@ def arch_quick_gelu(arch: str) -> bool:
         raise ValueError(f"unknown architecture '{arch}'. open_clip knows: "
                          f"{', '.join(open_clip.list_models())}")
     return bool(cfg.get("quick_gelu", False))
-
-
-def _strip_prefix(state: dict, prefix: str) -> dict:
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
-def read_weights_file(path: str) -> tuple[dict, dict]:
-    """Read CLIP weights from a local file. Returns (state_dict, info).
-
-    Accepts OpenAI's TorchScript archive (the `.pt` that `clip.load` downloads), an open_clip
-    checkpoint (`{'state_dict': ...}` with optional `module.` prefixes) and a plain state dict.
-    Pickled files are read with `weights_only=True`: no arbitrary objects are unpickled.
-    `info['openai']` says whether the weights are OpenAI's (they were trained with QuickGELU).
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained weights file not found: {path}")
-    info = {"openai": False, "quick_gelu": None, "arch": None}
-    state = None
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            is_torchscript = any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
-        if is_torchscript:
-            state = torch.jit.load(path, map_location="cpu").state_dict()
-            info["openai"] = True
-    if state is None:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(obj, dict):
-            raise ValueError(f"{path}: expected a state dict or a checkpoint dict, got {type(obj).__name__}")
-        meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
-        info["quick_gelu"] = meta.get("quick_gelu")
-        info["arch"] = meta.get("arch")
-        for key in ("clip_state_dict", "state_dict", "model"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-        state = _strip_prefix(dict(obj), "module.")
-        info["openai"] = bool(meta.get("openai")) or any(k in state for k in OPENAI_ONLY_KEYS)
-    for k in OPENAI_ONLY_KEYS:
-        state.pop(k, None)
-    state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in state.items()}
-    return state, info
 
 
 def sequence_first(visual: nn.Module) -> None:
@@ -351,23 +306,12 @@ def load_clip(arch: str = "ViT-B-32", pretrained: str | None = "openai", device=
     return model.to(device)
 
 
-def save_clip(model: ClipModel, path: str, half: bool = False) -> None:
-    """Save a whole CLIP (both towers) as a plain state dict with the metadata load_clip reads.
-
-    `half=True` stores floating tensors as float16 (half the file; used for the bundled
-    checkpoint). `read_weights_file` casts them back to float32 on load."""
-    meta = {"arch": model.arch, "quick_gelu": model.quick_gelu,
-            "openai": model.pretrained == "openai" or bool(getattr(model, "openai", False)), "half": half}
-    state = model.clip.state_dict()
-    if half:
-        state = {k: (v.half() if torch.is_floating_point(v) else v) for k, v in state.items()}
-    tmp = f"{path}.tmp"
-    torch.save({"state_dict": state, "meta": meta}, tmp)
-    os.replace(tmp, path)
-
-
-def describe(model: ClipModel) -> str:
-    n_vis = sum(p.numel() for p in model.visual.parameters())
-    n_all = sum(p.numel() for p in model.clip.parameters())
-    return json.dumps({"arch": model.arch, "pretrained": model.pretrained, "quick_gelu": model.quick_gelu,
-                       "visual_params": n_vis, "params": n_all})
+def build_model(args, device) -> ClipModel:
+    """The model a run starts from (`--arch`, `--pretrained`), with an actionable error."""
+    pretrained = None if str(args.pretrained).lower() in ("none", "") else args.pretrained
+    try:
+        model = load_clip(args.arch, pretrained, device=device)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # wrong arch / activation / file: say so
+        raise SystemExit(f"--arch {args.arch} --pretrained {args.pretrained}: {e}") from e
+    log.info(f"model {model.arch} (QuickGELU={model.quick_gelu}) weights={pretrained}")
+    return model

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from runtime import resolve_device
+from device import resolve_device, seed_everything
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,6 @@ def average_gradients(params: list) -> None:
 def seed_rank_streams(seed: int) -> None:
     """A different global RNG stream on every rank (the training PGD starts), after the model
     and its frozen copy were built identically from `seed` on all ranks."""
-    from runtime import seed_everything
     rank, world = rank_world()
     if world > 1:
         seed_everything(seed + rank)

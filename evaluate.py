@@ -1,6 +1,6 @@
 """Zero-shot evaluation (SPEC §5): clean top-1 and robust top-1 under PGD / CW / AutoAttack
-(autoattack_eval.py), per dataset, appended to `<run>/results.jsonl` (results.py) as each
-dataset finishes; a rerun skips what is done.
+(attacks.py), per dataset, appended to `<run>/results.jsonl` (results.py) as each dataset
+finishes; a rerun skips what is done.
 
 Cost per batch: text features once per dataset, the attack's gradients w.r.t. the input only
 (every model parameter has requires_grad off during evaluation), model in eval mode.
@@ -13,43 +13,21 @@ depend on the batch size, nor on how torchrun processes share the samples: each 
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+import datasets
 import distributed
-from attacks import ce_loss_sum, cw_loss, pgd, random_init
-from results import SETTING_KEYS, append_result, find_done, read_results  # noqa: F401  (re-exported)
-from runtime import autocast
-from train import Indexed
+from attacks import autoattack_batch, ce_loss_sum, cw_loss, no_param_grad, per_sample_start, pgd
+from device import autocast
+from results import append_result, find_done, format_table, read_results
 
 log = logging.getLogger("tga_zsr")
-
-
-@contextlib.contextmanager
-def frozen_params(module: torch.nn.Module):
-    """requires_grad off for every parameter (restored after): attacks take input gradients only."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
-
-
-def per_sample_start(x: torch.Tensor, idx: torch.Tensor, eps: float, norm: str, seed: int) -> torch.Tensor:
-    """The PGD random start of each sample, drawn from its own (seed, index) generator."""
-    xc = x.detach().cpu()
-    out = torch.stack([random_init(xc[j:j + 1], eps, norm, torch.Generator().manual_seed(seed * 1_000_003 + int(i)))[0]
-                       for j, i in enumerate(idx.tolist())])
-    return out.to(x.device)
 
 
 def attack_batch(model, x, y, idx, text_features, settings: dict) -> torch.Tensor:
@@ -60,7 +38,6 @@ def attack_batch(model, x, y, idx, text_features, settings: dict) -> torch.Tenso
     if eps == 0 or steps == 0:
         return x
     if settings["attack"] == "autoattack":
-        from autoattack_eval import autoattack_batch
         return autoattack_batch(model, x, y, text_features, eps, settings)
     alpha = settings["step_size"] / 255.0
     loss_of = cw_loss if settings["attack"] == "cw" else ce_loss_sum
@@ -81,7 +58,7 @@ def evaluate_dataset(model, data, text_features, settings: dict, device, precisi
 
     Under torchrun each rank evaluates its shard (`batch_size` per rank) and the counts are summed."""
     rank, world = distributed.rank_world()
-    samples = Indexed(data.dataset)
+    samples = datasets.Indexed(data.dataset)
     if world > 1:  # no DistributedSampler: its padding would count some samples twice
         samples = Subset(samples, distributed.shard_indices(len(samples), rank, world))
     loader = DataLoader(samples, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -92,7 +69,7 @@ def evaluate_dataset(model, data, text_features, settings: dict, device, precisi
     t0 = time.time()
     bar = tqdm(total=len(samples), unit="img", desc=f"eval {data.name}", dynamic_ncols=True,
                disable=not show_progress or rank != 0)
-    with frozen_params(model):
+    with no_param_grad(model):
         for x, y, idx in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, precision):
@@ -111,13 +88,41 @@ def evaluate_dataset(model, data, text_features, settings: dict, device, precisi
             "seconds": round(time.time() - t0, 2)}
 
 
-def format_table(rows: list[dict]) -> str:
-    """A small per-dataset table of one run's results (the challenge table is make_table.py)."""
-    lines = ["| dataset | n | clean | robust |", "|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['dataset']} | {r['n']} | {r['clean_acc']:.2f} | {r['robust_acc']:.2f} |")
-    if rows:
-        mc = sum(r["clean_acc"] for r in rows) / len(rows)
-        mr = sum(r["robust_acc"] for r in rows) / len(rows)
-        lines.append(f"| **mean** | | {mc:.2f} | {mr:.2f} |")
-    return "\n".join(lines)
+def eval_settings(args, checkpoint_desc: str, precision: str) -> dict:
+    """The settings a results.jsonl row is keyed by (ε and step size in 1/255 units)."""
+    steps, step_size = args.test_numsteps, args.test_stepsize
+    if args.attack == "autoattack":  # APGD: 100 iterations, adaptive step size (the library's values)
+        steps, step_size = 100, None
+    return {"attack": args.attack, "norm": args.norm, "eps": args.test_eps, "steps": steps, "step_size": step_size,
+            "precision": precision, "n_samples": args.n_samples, "seed": args.seed, "checkpoint": checkpoint_desc}
+
+
+def evaluate_run(args, model, run_dir: Path, checkpoint_desc: str, device, precision: str,
+                 method: str, label: str) -> list[dict]:
+    """Evaluate on every --testdata, one results.jsonl line per dataset; skips what is done.
+    Each row carries the settings, the method's name and its display `label`."""
+    results_file = Path(run_dir) / "results.jsonl"
+    done_rows = distributed.broadcast_from_main(read_results(results_file))  # every rank skips the same sets
+    settings = eval_settings(args, checkpoint_desc, precision)
+    rows = []
+    for name in args.testdata:
+        canon = datasets.canonical_name(name)
+        done = find_done(done_rows, canon, settings)
+        if done is not None:
+            log.info(f"{canon}: already evaluated with these settings, skipped")
+            rows.append(done)
+            continue
+        data = datasets.class_balanced_subset(datasets.get_dataset(canon, args.root, "test"), args.n_samples,
+                                              args.seed)
+        with torch.no_grad():
+            text = model.encode_text(data.prompts)
+        res = evaluate_dataset(model, data, text, settings, device, precision, args.test_batch_size, args.workers)
+        row = {"dataset": canon, **res, **settings, "method": method, "label": label, "run": Path(run_dir).name,
+               "classes": len(data.classnames), "arch": model.arch, "pretrained": str(args.pretrained),
+               "batch_size": args.test_batch_size}
+        if distributed.is_main():
+            append_result(results_file, row)
+        log.info(f"{canon}: clean {res['clean_acc']:.2f}  robust {res['robust_acc']:.2f}  (n={res['n']})")
+        rows.append(row)
+    log.info("\n" + format_table(rows))
+    return rows

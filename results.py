@@ -1,23 +1,37 @@
-"""`<run>/results.jsonl`: one JSON line per evaluated dataset, written as each dataset finishes.
+"""Results: `<run>/results.jsonl` (one JSON line per evaluated dataset, written as each dataset
+finishes) and the challenge table built from them (SPEC §5–6).
 
-Kept free of torch so that the table builder starts instantly. A rerun with identical settings
-(`SETTING_KEYS`) skips the datasets already in the file; a line cut short by a kill is ignored
-(that dataset is redone) and the next line starts on a fresh line.
+A rerun with identical settings (`SETTING_KEYS`) skips the datasets already in the file; a line
+cut short by a kill is ignored (that dataset is redone) and the next line starts on a fresh line.
+
+The table: per-dataset robust and clean top-1, their unweighted means, and Average =
+(robust + clean) / 2, one row per run, labelled with the `label` its results carry (the paper's
+spelling: CLIP, TeCoA, TGA-ZSR, ...) plus the run name when two runs share a label. Datasets come
+in the order the caller gives (tga_zsr.py: the 16 test sets of SPEC §5, then the world sets);
+a run without a dataset that another run has shows "–" there, and its means (over the datasets
+it has) are marked with *. Results evaluated with different attack settings (`GROUP_KEYS`) go
+into separate tables, each titled with its settings. Markdown on stdout, and a CSV.
+No torch import: it runs instantly.
 
     from results import read_results, find_done, append_result
-    python make_table.py checkpoints/run_a checkpoints/run_b
+    python tga_zsr.py --table checkpoints/tecoa_run checkpoints/tga_zsr_run
 """
 from __future__ import annotations
 
+import argparse
+import csv
 import json
 import os
 from pathlib import Path
 
 RESULTS_NAME = "results.jsonl"
 
+# The attack settings that make two results comparable: one table (and one trade-off plot) each.
+GROUP_KEYS = ("attack", "norm", "eps", "steps", "step_size", "n_samples")
 # Settings that must match for a stored result to count as done (the batch size is not one:
 # PGD accuracies do not depend on it; see evaluate.py).
-SETTING_KEYS = ("attack", "norm", "eps", "steps", "step_size", "precision", "n_samples", "seed", "checkpoint")
+SETTING_KEYS = GROUP_KEYS + ("precision", "seed", "checkpoint")
+MISSING = "–"
 
 
 def results_path(run_or_file: str | Path) -> Path:
@@ -25,9 +39,9 @@ def results_path(run_or_file: str | Path) -> Path:
     return p / RESULTS_NAME if p.is_dir() or p.suffix != ".jsonl" else p
 
 
-def read_results(run_or_file: str | Path) -> list[dict]:
-    """All complete rows of a run's results.jsonl (a run folder or the file itself)."""
-    path = results_path(run_or_file)
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The JSON objects of a .jsonl file (results, history); a line cut by a kill is skipped."""
+    path = Path(path)
     if not path.is_file():
         return []
     rows = []
@@ -39,9 +53,23 @@ def read_results(run_or_file: str | Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError:  # a line cut by a kill: that dataset is simply redone
             continue
-        if isinstance(row, dict) and "dataset" in row:
+        if isinstance(row, dict):
             rows.append(row)
     return rows
+
+
+def read_results(run_or_file: str | Path) -> list[dict]:
+    """All complete rows of a run's results.jsonl (a run folder or the file itself)."""
+    return [r for r in read_jsonl(results_path(run_or_file)) if "dataset" in r]
+
+
+def row_label(row: dict, label_of=None) -> str:
+    """The display label of a results row. Rows written before rows carried labels: `label_of(method)`
+    (tga_zsr.py passes methods.method_label), else the method name."""
+    if row.get("label"):
+        return row["label"]
+    method = row.get("method") or "?"
+    return label_of(method) if label_of else method
 
 
 def find_done(rows: list[dict], dataset: str, settings: dict) -> dict | None:
@@ -66,3 +94,151 @@ def append_result(path: str | Path, row: dict) -> None:
         f.write(("\n" if needs_newline else "") + json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+# --- the challenge table ------------------------------------------------------------------------------
+def _num(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+
+def group_title(key: tuple, precisions: list[str]) -> str:
+    attack, norm, eps, steps, step_size, n_samples = key
+    if attack == "autoattack":
+        name = "AutoAttack (APGD-CE + APGD-DLR)"
+    else:
+        name = f"{str(attack).upper()}-{_num(steps)}"
+    parts = [name, f"ε = {_num(eps)}/255"]
+    if attack != "autoattack" and step_size is not None:
+        parts.append(f"step {_num(step_size)}/255")
+    parts.append(str(norm))
+    if n_samples:
+        parts.append(f"{n_samples} samples per dataset")
+    if precisions:
+        parts.append("/".join(precisions))
+    return ", ".join(parts)
+
+
+def format_table(rows: list[dict]) -> str:
+    """A small per-dataset table of one run's results (the challenge table is `build_tables`)."""
+    lines = ["| dataset | n | clean | robust |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['n']} | {r['clean_acc']:.2f} | {r['robust_acc']:.2f} |")
+    if rows:
+        mc = sum(r["clean_acc"] for r in rows) / len(rows)
+        mr = sum(r["robust_acc"] for r in rows) / len(rows)
+        lines.append(f"| **mean** | | {mc:.2f} | {mr:.2f} |")
+    return "\n".join(lines)
+
+
+def load_runs(runs: list[str]) -> list[tuple[str, list[dict]]]:
+    out = []
+    for run in runs:
+        path = results_path(run)
+        rows = read_results(path)
+        if not rows:
+            raise SystemExit(f"no results in {path}: evaluate the run first "
+                             f"(python tga_zsr.py --eval_only --resume {run})")
+        name = path.parent.name
+        out.append((name, rows))
+    return out
+
+
+def dataset_order(names: set[str], order: list[str]) -> list[str]:
+    known = [d for d in order if d in names]
+    return known + sorted(names - set(known))
+
+
+def build_tables(runs: list[tuple[str, list[dict]]], order: list[str] = (), label_of=None) -> list[dict]:
+    """One table per settings group: {title, key, datasets, rows[{label, method, run, cells, means...}]}."""
+    groups: dict[tuple, dict[str, dict[str, dict]]] = {}
+    for run_name, rows in runs:
+        for r in rows:
+            key = tuple(r.get(k) for k in GROUP_KEYS)
+            # later lines win: a re-evaluation replaces the earlier number of that dataset
+            groups.setdefault(key, {}).setdefault(run_name, {})[r["dataset"]] = r
+    tables = []
+    for key, per_run in groups.items():
+        datasets = dataset_order({d for by_ds in per_run.values() for d in by_ds}, order)
+        precisions = sorted({str(r.get("precision")) for by_ds in per_run.values() for r in by_ds.values()
+                             if r.get("precision")})
+        ordered_runs = [name for name, _ in runs if name in per_run]
+        methods = {name: next(iter(per_run[name].values())).get("method") or name for name in ordered_runs}
+        labels = {name: row_label(next(iter(per_run[name].values())), label_of) for name in ordered_runs}
+        table_rows = []
+        for name in ordered_runs:
+            by_ds = per_run[name]
+            method = methods[name]
+            label = labels[name]
+            if sum(1 for lab in labels.values() if lab == label) > 1:
+                label = f"{label} ({name})"
+            have = [d for d in datasets if d in by_ds]
+            robust = sum(by_ds[d]["robust_acc"] for d in have) / len(have)
+            clean = sum(by_ds[d]["clean_acc"] for d in have) / len(have)
+            table_rows.append({"label": label, "method": method, "run": name,
+                               "cells": {d: (by_ds[d]["robust_acc"], by_ds[d]["clean_acc"]) for d in have},
+                               "robust": robust, "clean": clean, "average": (robust + clean) / 2,
+                               "complete": len(have) == len(datasets), "n_datasets": len(have)})
+        tables.append({"key": key, "title": group_title(key, precisions), "datasets": datasets,
+                       "precision": "/".join(precisions), "rows": table_rows})
+    return tables
+
+
+def to_markdown(tables: list[dict]) -> str:
+    blocks = []
+    for t in tables:
+        header = ["Method"] + [f"{d} {kind}" for d in t["datasets"] for kind in ("Robust", "Clean")]
+        header += ["Robust", "Clean", "Average"]
+        lines = [f"### {t['title']}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        flagged = False
+        for row in t["rows"]:
+            cells = [row["label"]]
+            for d in t["datasets"]:
+                if d in row["cells"]:
+                    cells += [f"{row['cells'][d][0]:.2f}", f"{row['cells'][d][1]:.2f}"]
+                else:
+                    cells += [MISSING, MISSING]
+            mark = "" if row["complete"] else "*"
+            flagged |= not row["complete"]
+            cells += [f"{row['robust']:.2f}{mark}", f"{row['clean']:.2f}{mark}", f"{row['average']:.2f}{mark}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        if flagged:
+            lines += ["", f"\\* mean over the datasets that run has, not all {len(t['datasets'])}."]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def write_csv(tables: list[dict], path: str | Path, order: list[str] = ()) -> None:
+    datasets = dataset_order({d for t in tables for d in t["datasets"]}, order)
+    fields = list(GROUP_KEYS) + ["precision", "method", "label", "run"]
+    fields += [f"{d}_{kind}" for d in datasets for kind in ("robust", "clean")]
+    fields += ["mean_robust", "mean_clean", "average", "n_datasets", "complete"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
+        w.writeheader()
+        for t in tables:
+            for row in t["rows"]:
+                rec = dict(zip(GROUP_KEYS, t["key"]))
+                rec.update(precision=t["precision"], method=row["method"], label=row["label"], run=row["run"],
+                           mean_robust=f"{row['robust']:.2f}", mean_clean=f"{row['clean']:.2f}",
+                           average=f"{row['average']:.2f}", n_datasets=row["n_datasets"], complete=row["complete"])
+                for d, (rob, cl) in row["cells"].items():
+                    rec[f"{d}_robust"], rec[f"{d}_clean"] = f"{rob:.2f}", f"{cl:.2f}"
+                w.writerow(rec)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("the challenge table of evaluated runs")
+    p.add_argument("runs", nargs="+", help="run folders (or their results.jsonl files)")
+    p.add_argument("--out", default=None, help="CSV path (default: <first run>/table.csv)")
+    return p
+
+
+def table_main(argv=None, order: list[str] = (), label_of=None) -> int:
+    """`tga_zsr.py --table RUN ... [--out CSV]`: print the tables, write the CSV."""
+    args = get_args_parser().parse_args(argv)
+    tables = build_tables(load_runs(args.runs), order, label_of)
+    print(to_markdown(tables), end="")
+    out = Path(args.out) if args.out else results_path(args.runs[0]).parent / "table.csv"
+    write_csv(tables, out, order)
+    print(f"CSV written to {out}")
+    return 0

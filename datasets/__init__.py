@@ -130,7 +130,7 @@ def _tiny_transform():
 from datasets import synthetic  # noqa: E402,F401
 from datasets import world  # noqa: E402,F401
 from datasets import tinyimagenet, imagenet, torchvision_sets  # noqa: E402,F401
-from datasets.labelled import class_balanced_subset, dataset_labels  # noqa: E402,F401
+from datasets.labelled import Indexed, class_balanced_subset, dataset_labels  # noqa: E402,F401
 from datasets.catalog import INFO as _INFO  # noqa: E402
 
 TEST_DATASETS = list(_INFO)  # the 16 of SPEC §5 (tinyImageNet first), in table order

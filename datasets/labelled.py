@@ -92,3 +92,17 @@ def class_balanced_subset(data, n: int, seed: int):
     idx = balanced_indices(dataset_labels(data.dataset), n, seed)
     return replace(data, dataset=LabelledSubset(data.dataset, idx),
                    extra={**data.extra, "subset": {"n": n, "seed": seed}})
+
+
+class Indexed(torch.utils.data.Dataset):
+    """Yields (x, y, index): the index keys per-sample caches and the evaluation's per-sample attack noise."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        x, y = self.ds[i]
+        return x, y, i

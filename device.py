@@ -1,13 +1,13 @@
-"""Device, precision, seeds and RNG state: the runtime pieces every entry point shares."""
+"""Where and how the computation runs: device, precision (autocast, GradScaler), seeds and the
+saved state of every random number generator (what an exact resume restores).
+
+    from device import resolve_device, autocast
+    device = resolve_device("auto")          # CUDA when present, else the CPU
+"""
 from __future__ import annotations
 
 import contextlib
-import os
-import platform
 import random
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -68,26 +68,3 @@ def set_rng_state(state: dict) -> None:
     random.setstate((3, tuple(state["python"]), state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def git_revision() -> str:
-    here = Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5)
-        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def environment() -> dict:
-    import open_clip
-    import torchvision
-    return {
-        "python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
-        "torchvision": torchvision.__version__, "open_clip": open_clip.__version__, "numpy": np.__version__,
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        "git": git_revision(), "argv": sys.argv, "cwd": os.getcwd(),
-    }
