@@ -10,26 +10,35 @@ and the achieved GFLOP/s. Each repetition first times the unit (median of three
 forwards), then each item, so every ratio compares measurements seconds apart; medians of
 `--reps` repetitions after `--warmup` warm-ups.
 
+`--per_method` instead times one whole optimiser step of every method of the registry (its own
+config: attack steps, frozen reference, prompts), the first step a warm-up. This is the one
+benchmark script; pytest never runs it.
+
     python bench.py                                    # ViT-B/32, batch 16, 25 and 200 classes, CPU fp32
     python bench.py --device cuda --precision amp --batch_size 128 --classes 200
+    python bench.py --per_method --methods fare tima --steps 3 --threads 2
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import logging
+import os
 import statistics
 import sys
 import time
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from attacks import no_param_grad, pgd
 from clip_model import load_clip
-from methods import FrozenMapCache, StepContext, get_method
-from runtime import autocast, make_scaler, resolve_device, resolve_precision
+from device import autocast, make_scaler, resolve_device, resolve_precision
+from methods import TrainingSetup, available_methods, build_method
+from params import parse_args
+from train import build_optimizer, trainable_parameters
 
 
 def timed(fn, reps: int, warmup: int, device) -> float:
@@ -48,17 +57,14 @@ def timed(fn, reps: int, warmup: int, device) -> float:
 
 
 def forward_flops(model, x) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model.image_tokens(x)
     return counter.get_total_flops()
 
 
-def step_args(method: str, k: int, cache: bool) -> SimpleNamespace:
-    """The flags a method step reads, at the paper's defaults."""
-    return SimpleNamespace(Method=method, Alpha=0.08, Beta=0.05, Distance_metric="l2", VPbaseline=False,
-                           train_eps=1.0, train_stepsize=1.0, train_numsteps=k, norm="l_inf",
-                           cache_frozen_maps=cache, atten_methods="text", differentiable_cam=False)
+def method_args(method: str, *extra: str):
+    """The flags of `method` at its own config's values (the GPU protocol), plus `extra`."""
+    return parse_args(["--Method", method, "--device", "cpu", *extra])
 
 
 def bench_one(model, n_classes: int, args, device, precision: str) -> dict:
@@ -71,23 +77,22 @@ def bench_one(model, n_classes: int, args, device, precision: str) -> dict:
     visual_params = list(model.visual.parameters())
     optimizer = torch.optim.SGD(visual_params, lr=1e-12, momentum=0.9)  # tiny lr: weights stay put
     scaler = make_scaler(device, precision)
-    method = get_method(args.method)
-    frozen = model.frozen_image_tower() if method.needs_frozen else None
+    step_flags = ["--train_numsteps", str(k), "--Alpha", "0.08", "--Beta", "0.05", "--Distance_metric", "l2"]
+    method = build_method(method_args(args.method, *step_flags), model, text)
     if args.compile:  # in place, after the frozen copy (each tower compiles its own weights)
-        for tower in (model.image_tower, frozen):
+        for tower in (model.image_tower, method.frozen):
             if tower is not None:
                 tower.compile()
-    ctx = StepContext(model=model, text_features=text, args=step_args(method.name, k, False), frozen=frozen)
     idx = torch.arange(b)
 
     def unit():  # eval mode: the inference forward (MultiheadAttention's fused path)
         with torch.no_grad(), autocast(device, precision):
             model.image_tokens(x)
 
-    def train_step(context):
+    def train_step(m):
         def run():
             with autocast(device, precision):
-                loss = method.step(context, x, y, idx)["loss"]
+                loss = m.step(x, y, idx)["loss"]
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -112,12 +117,11 @@ def bench_one(model, n_classes: int, args, device, precision: str) -> dict:
                 x, 1 / 255, 1 / 255, args.pgd_steps)
 
     floor = 2 * k + 7 if method.needs_frozen else 2 * k + 3
-    cctx = None
+    cached = None
     if method.needs_frozen:
-        cache = FrozenMapCache(b, model.grid_size, device)
-        cctx = StepContext(model=model, text_features=text, args=step_args(method.name, k, True), frozen=frozen,
-                           map_cache=cache)
-        train_step(cctx)()  # the first epoch fills the cache
+        cached = type(method)(method_args(args.method, *step_flags, "--cache_frozen_maps"),
+                              method_setup(method, b))
+        train_step(cached)()  # the first epoch fills the cache
 
     def as_eval(fn):
         def run():
@@ -130,10 +134,10 @@ def bench_one(model, n_classes: int, args, device, precision: str) -> dict:
 
     # Interleaved: every repetition times the unit and then each item, so each ratio compares
     # measurements taken seconds apart (a shared or throttling CPU drifts between minutes).
-    items = {"fwd_full_bwd": fwd_full_bwd, "fwd_input_bwd": fwd_input_bwd, "step": train_step(ctx),
+    items = {"fwd_full_bwd": fwd_full_bwd, "fwd_input_bwd": fwd_input_bwd, "step": train_step(method),
              "pgd": as_eval(pgd_steps)}
-    if cctx is not None:
-        items["cached_step"] = train_step(cctx)
+    if cached is not None:
+        items["cached_step"] = train_step(cached)
     model.image_tower.train()
     for fn in [as_eval(unit), *items.values()]:
         for _ in range(args.warmup):
@@ -157,7 +161,7 @@ def bench_one(model, n_classes: int, args, device, precision: str) -> dict:
     r["step_units"] = med(ratios["step"])
     r["step_floor_units"] = floor
     r["step_ratio"] = r["step_units"] / floor
-    if cctx is not None:
+    if cached is not None:
         r["cached_step_s"] = med(secs["cached_step"])
         r["cached_step_units"] = med(ratios["cached_step"])
         r["cached_ratio"] = r["cached_step_units"] / (floor - 1)
@@ -172,8 +176,52 @@ def bench_one(model, n_classes: int, args, device, precision: str) -> dict:
     return r
 
 
+def method_setup(method, n_train: int):
+    """The TrainingSetup `method` was built with, for a second instance sharing its towers."""
+    return TrainingSetup(method.model, method.text, method.frozen, n_train=n_train)
+
+
+def per_method(a) -> None:
+    """Seconds per optimiser step (attack + loss + backward + step) of each method, fp32."""
+    logging.disable(logging.WARNING)
+    torch.manual_seed(0)
+    base = load_clip(a.arch, None)
+    print(f"# {a.arch} random weights, batch {a.batch_size}, {a.classes[0]} classes, fp32, "
+          f"{torch.get_num_threads()} thread(s), load average at start {os.getloadavg()[0]:.1f}")
+    print("| method | attack steps | s / step |\n|---|---|---|")
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(a.batch_size, 3, 224, 224, generator=g)
+    y = torch.randint(a.classes[0], (a.batch_size,), generator=g)
+    names = [f"class{i}" for i in range(a.classes[0])]
+    prompts = [f"This is a photo of a {n}" for n in names]
+    for name in a.methods:
+        model = copy.deepcopy(base)
+        args = method_args(name)
+        with torch.no_grad():
+            text = model.encode_text(prompts)
+        method = build_method(args, model, text, prompts, names)
+        opt = build_optimizer(args, trainable_parameters(model, method.trains, args.last_num_ft,
+                                                         method.trainable_extra()))
+        times = []
+        for i in range(a.steps + 1):
+            t0 = time.perf_counter()
+            loss = method.step(x, y)["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if i > 0:
+                times.append(time.perf_counter() - t0)
+        steps = 0 if method.attack.off else method.attack.steps
+        print(f"| {name} | {steps} | {sum(times) / len(times):.2f} |", flush=True)
+    print(f"# load average at end {os.getloadavg()[0]:.1f}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser("TGA-ZSR speed benchmark")
+    p.add_argument("--per_method", action="store_true", help="seconds per training step of every method")
+    p.add_argument("--methods", nargs="+", default=[m for m in available_methods() if m != "clip"],
+                   help="--per_method: which methods")
+    p.add_argument("--steps", type=int, default=2, help="--per_method: timed steps per method (after a warm-up)")
     p.add_argument("--arch", default="ViT-B-32")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--classes", type=int, nargs="+", default=[25, 200])
@@ -190,6 +238,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.per_method:
+        per_method(args)
+        return 0
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     torch.manual_seed(0)

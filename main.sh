@@ -68,23 +68,6 @@ PROTOCOL=(--arch vit_b32 --pretrained openai --dataset tinyImageNet --root ./dat
           --test_eps 1 --test_numsteps 100 --test_stepsize 1)
 ROWS=(clip ft_clean ft_adv tecoa tecoa_vpt pmg_aft fare tga_zsr_visual tga_zsr comp_tga tima)
 
-# Learning rates of the mini benchmark: each method's paper rate × MINI_LR_FACTOR (the tiny model
-# trains for a few hundred steps, not 7 820), so the methods keep the paper's relative rates.
-# TeCoA w/ prompting trains prompt tokens, not weights: its rate (paper: 40) is set on its own
-# (with 32 prompt tokens, 4, 0.4 and 0.04 all ended below 40 % clean; 8 tokens at 0.4: 60 %).
-MINI_LR_FACTOR=100
-declare -A PAPER_LR=([clip]=0 [ft_clean]=1e-4 [ft_adv]=1e-4 [tecoa]=1e-5 [pmg_aft]=5e-5 [fare]=1e-5
-                     [tga_zsr_visual]=1e-4 [tga_zsr]=1e-4 [comp_tga]=1e-4 [tima]=1e-5)
-declare -A MINI_LR=([tecoa_vpt]=0.4)
-for m in "${!PAPER_LR[@]}"; do MINI_LR[$m]=$(awk "BEGIN{print ${PAPER_LR[$m]} * $MINI_LR_FACTOR}"); done
-mini_lr() {  # mini_lr <method, any spelling: TGA-ZSR, tga_zsr, FT-Adv, ...>
-  local key; key="$(printf '%s' "$1" | tr 'A-Z-' 'a-z_')"
-  if [ -z "${MINI_LR[$key]:-}" ]; then
-    echo "[main.sh] no mini learning rate for method '$1'; known: ${!MINI_LR[*]}" >&2; exit 2
-  fi
-  printf '%s' "${MINI_LR[$key]}"
-}
-
 row() {  # row <name> [extra args]: the paper-table command of one method
   local name="$1"; shift
   case "$name" in
@@ -150,30 +133,17 @@ row() {  # row <name> [extra args]: the paper-table command of one method
   esac
 }
 
-print_tables() {  # the challenge table if make_table.py is present, else each run's own table
-  if [ -f make_table.py ]; then
-    "$PY" tga_zsr.py --table "$@"
-  else
-    "$PY" - "$@" <<'PY'
-import sys
-from evaluate import format_table, read_results
-for run in sys.argv[1:]:
-    print(f"\n## {run}\n" + format_table(read_results(run)))
-PY
-  fi
-}
-
 case "$job" in
   smoke)
     # Embedded default: the smoke setup (bundled tiny-world CLIP, one epoch in the mini world,
-    # configs/smoke.yaml) with METHOD's own config (default TGA-ZSR) and its mini learning rate,
+    # configs/smoke.yaml) with METHOD's own config (default TGA-ZSR) and its mini learning rate
+    # (smoke.yaml sets --mini_lr: the method's paper rate x 100, methods.py),
     # then the results table (training writes loss_curve.png); then its starting model evaluated
     # as the CLIP baseline (<run>/clip_start), and the figures: attention_grid.png/.pdf and
     # trade_off.png/.pdf (the run vs its start) in the run folder (docs/figures/ shows them).
     METHOD="${METHOD:-TGA-ZSR}"
     run="smoke-${METHOD}-$(date +%Y%m%d-%H%M%S)"
-    "${RUN[@]}" tga_zsr.py -c configs/smoke.yaml --Method "$METHOD" --learning_rate "$(mini_lr "$METHOD")" \
-      --device cpu --name "$run" "$@"
+    "${RUN[@]}" tga_zsr.py -c configs/smoke.yaml --Method "$METHOD" --device cpu --name "$run" "$@"
     run_dir="$(flag_value --output_dir ./checkpoints "$@")/$(flag_value --name "$run" "$@")"
     "$PY" tga_zsr.py -c configs/smoke.yaml --device cpu "$@" --Method CLIP --epochs 0 \
       --output_dir "$run_dir" --name clip_start
@@ -186,11 +156,10 @@ case "$job" in
     runs=()
     for m in "${ROWS[@]}"; do
       echo "[main.sh] smoke: $m" >&2
-      "$PY" tga_zsr.py -c configs/smoke.yaml --Method "$m" --learning_rate "$(mini_lr "$m")" --device cpu \
-        --output_dir "$out" --name "$m" "$@"
+      "$PY" tga_zsr.py -c configs/smoke.yaml --Method "$m" --device cpu --output_dir "$out" --name "$m" "$@"
       runs+=("$out/$m")
     done
-    print_tables "${runs[@]}"
+    "$PY" tga_zsr.py --table "${runs[@]}"
     ;;
   mini)
     # The mini benchmark (configs/mini.yaml; README "Mini benchmark"): every row of the table
@@ -200,12 +169,11 @@ case "$job" in
     out="${OUT:-checkpoints/mini-$(date +%Y%m%d-%H%M%S)}"
     runs=()
     for m in "${ROWS[@]}"; do
-      echo "[main.sh] mini: $m (lr $(mini_lr "$m"))" >&2
-      "$PY" tga_zsr.py -c configs/mini.yaml --Method "$m" --learning_rate "$(mini_lr "$m")" \
-        --output_dir "$out" --name "$m" "$@"
+      echo "[main.sh] mini: $m" >&2
+      "$PY" tga_zsr.py -c configs/mini.yaml --Method "$m" --output_dir "$out" --name "$m" "$@"
       runs+=("$out/$m")
     done
-    print_tables "${runs[@]}"
+    "$PY" tga_zsr.py --table "${runs[@]}"
     "$PY" visualize.py --trade_off "${runs[@]}" --out "$out"
     ;;
   test)

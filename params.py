@@ -1,8 +1,10 @@
 """Command-line flags of tga_zsr.py, with the original code's names and defaults (SPEC §8).
 
-Defaults are layered: parser defaults < `configs/<method>.yaml` of the chosen `--Method`
-< the file given with `-c/--config` < flags on the command line (the CLI always wins).
-ε and step sizes are in 1/255 units, as floats.
+Defaults are layered: parser defaults < `configs/<method>.yaml` of the chosen `--Method` <
+the resumed run's `args.yaml` < the file given with `-c/--config` < the mini learning rate
+(`--mini_lr`) < flags on the command line (the CLI always wins). ε and step sizes are in 1/255
+units, as floats. Each method adds its own flags (methods.py `flags`): this file never changes
+for a new method.
 
     python tga_zsr.py -c configs/synthetic.yaml
     python tga_zsr.py --Method TGA-ZSR --Alpha 0.08 --Beta 0.05
@@ -15,9 +17,15 @@ from pathlib import Path
 
 import yaml
 
+from datasets import TEST_DATASETS
+from methods import DEFAULT_METHOD_NAME, MINI_LR_FACTOR, canonical_method, get_method, method_flags
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-ALL_TEST_SETS = ["tinyImageNet", "cifar10", "cifar100", "STL10", "Food101", "oxfordpet", "flowers102", "dtd",
-                 "EuroSAT", "fgvc_aircraft", "Caltech101", "Caltech256", "StanfordCars", "PCAM", "ImageNet", "SUN397"]
+# Flags that describe this invocation, not the run: never taken from a run's args.yaml.
+PER_INVOCATION = {"resume", "eval_only", "table", "max_steps", "config", "device", "gpu", "no_eval", "dist_timeout",
+                  "compile"}
+# Keys of older args.yaml / config files under their current names (the flags keep both spellings).
+RENAMED_KEYS = {"method": "pixel_prompt", "VPbaseline": "train_on_clean"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -25,18 +33,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", default=None, help="YAML file of defaults (the CLI wins)")
 
     g = p.add_argument_group("Method")
-    g.add_argument("--Method", default="TGA-ZSR", help="loss from the method registry (TGA-ZSR, TeCoA, ...)")
-    g.add_argument("--Alpha", type=float, default=0.08, help="weight of the Attention Refinement loss (Eq. 6)")
-    g.add_argument("--Beta", type=float, default=0.05, help="weight of the Attention-based Model Constraint (Eq. 7)")
-    g.add_argument("--Distance_metric", default="l2", choices=["l2", "cos", "l1"], help="distance between maps")
-    g.add_argument("--atten_methods", default="text", choices=["text", "visual"],
-                   help="text-guided maps, or Grad-CAM ('visual', the Vision-based row)")
-    g.add_argument("--VPbaseline", action="store_true", help="train on clean images instead of PGD images")
-    g.add_argument("--differentiable_cam", action="store_true",
-                   help="visual variant: build the Grad-CAM map with create_graph so L_AR/L_AMC train "
-                        "(the paper's intent; a deviation from the original, whose map carries no gradient)")
-    g.add_argument("--cache_frozen_maps", action=argparse.BooleanOptionalAction, default=False,
-                   help="compute each training image's frozen clean attention map once and reuse it")
+    g.add_argument("--Method", default=None, help=f"method of the registry (default {DEFAULT_METHOD_NAME}; TGA-ZSR, "
+                                                  "TeCoA, FARE, ...); its own flags are in the groups below")
+    g.add_argument("--train_on_clean", "--VPbaseline", dest="train_on_clean", action="store_true",
+                   help="train on clean images instead of PGD images (the original's --VPbaseline)")
+    g.add_argument("--mini_lr", action="store_true",
+                   help=f"the method's mini-benchmark learning rate (its paper rate × {MINI_LR_FACTOR}, unless "
+                        "the method sets its own); --learning_rate on the command line still wins")
 
     g = p.add_argument_group("Model")
     g.add_argument("--arch", default="vit_b32", help="vit_b32 or any open_clip model name / config json")
@@ -44,15 +47,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--image_size", type=int, default=224, help="input size of the datasets' transforms")
     g.add_argument("--last_num_ft", type=int, default=0, help="train only the last N parameter tensors (0: all)")
     g.add_argument("--adaptation_method", default="FT", choices=["FT", "VPT"], help="fine-tune, or prompt-tune")
-    g.add_argument("--method", default="null_patch",
-                   choices=["padding", "random_patch", "fixed_patch", "null_patch"], help="pixel prompter (VPT)")
+    g.add_argument("--pixel_prompt", "--method", dest="pixel_prompt", default="null_patch",
+                   choices=["padding", "random_patch", "fixed_patch", "null_patch"],
+                   help="pixel prompt of VPT (the original's --method)")
     g.add_argument("--prompt_size", type=int, default=30, help="pixel prompt width (VPT)")
     g.add_argument("--add_prompt_size", type=int, default=0, help="number of learnable prompt tokens (VPT)")
 
     g = p.add_argument_group("Data")
     g.add_argument("--dataset", default="tinyImageNet", help="training dataset")
     g.add_argument("--root", default="./data", help="folder that holds the datasets")
-    g.add_argument("--testdata", nargs="+", default=ALL_TEST_SETS, help="zero-shot test datasets")
+    g.add_argument("--testdata", nargs="+", default=list(TEST_DATASETS), help="zero-shot test datasets")
     g.add_argument("--n_samples", type=int, default=0, help="seeded class-balanced test subset size (0: all)")
     g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loader workers")
 
@@ -82,16 +86,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--norm", default="l_inf", choices=["l_inf", "l_2"])
     g.add_argument("--test_batch_size", type=int, default=256)
 
-    g = p.add_argument_group("TIMA (no public code: every choice is named here, see configs/tima.yaml)")
-    g.add_argument("--tima_mhe_weight", type=float, default=1.0, help="weight of the text MHE term")
-    g.add_argument("--tima_text_kd_weight", type=float, default=1.0,
-                   help="weight of the text distillation (tuned vs original text, on pre-trained image embeddings)")
-    g.add_argument("--tima_image_kd_weight", type=float, default=1.0,
-                   help="weight of the image distillation to the pre-trained model's predictions")
-    g.add_argument("--tima_margin", type=float, default=0.02,
-                   help="largest adaptive margin, in cosine units (×logit scale on the logits)")
-    g.add_argument("--tima_text_params", default="last_block", choices=["all", "last_block", "projection"],
-                   help="text-tower parameters TIMA tunes")
+    groups = {}
+    for cls, (names, kwargs) in method_flags():
+        if cls not in groups:
+            groups[cls] = p.add_argument_group(f"{cls.label} (--Method {cls.name})", cls.__doc__.split("\n")[0])
+        groups[cls].add_argument(*names, **kwargs)
 
     g = p.add_argument_group("Run")
     g.add_argument("--output_dir", default="./checkpoints", help="runs land in <output_dir>/<run name>")
@@ -120,18 +119,12 @@ def load_yaml(path: str | Path) -> dict:
         cfg = yaml.safe_load(f) or {}
     if not isinstance(cfg, dict):
         raise SystemExit(f"config {path} must be a mapping of flag: value")
-    return cfg
+    return {RENAMED_KEYS.get(k, k): v for k, v in cfg.items()}
 
 
 def method_config_path(method: str) -> Path | None:
-    from methods import canonical_method  # late import: methods imports heavy modules
     path = CONFIG_DIR / f"{canonical_method(method)}.yaml"
     return path if path.exists() else None
-
-
-# Flags that describe this invocation, not the run: never taken from a run's args.yaml.
-PER_INVOCATION = {"resume", "eval_only", "table", "max_steps", "config", "device", "gpu", "no_eval", "dist_timeout",
-                  "compile"}
 
 
 def run_args_of(resume: str | None) -> dict:
@@ -139,30 +132,47 @@ def run_args_of(resume: str | None) -> dict:
     if not resume:
         return {}
     p = Path(resume)
-    folder = p if p.is_dir() else p.parent
-    f = folder / "args.yaml"
+    f = (p if p.is_dir() else p.parent) / "args.yaml"
     if not f.is_file():
         return {}
     return {k: v for k, v in load_yaml(f).items() if k not in PER_INVOCATION}
 
 
+def mini_learning_rate(method: str) -> float:
+    """The mini benchmark's rate of a method: its own `mini_lr`, else its configs/<name>.yaml rate ×
+    MINI_LR_FACTOR, rounded to 12 significant digits (1e-5 × 100 is 0.001, not 0.0010000000000000002)."""
+    cls = get_method(method)
+    if cls.mini_lr is not None:
+        return cls.mini_lr
+    path = method_config_path(method)
+    paper_lr = load_yaml(path).get("learning_rate") if path else None
+    if paper_lr is None:
+        raise SystemExit(f"no mini learning rate for method '{method}': set `mini_lr` in its class (methods.py) "
+                         f"or `learning_rate` in configs/{cls.name}.yaml")
+    return float(f"{float(paper_lr) * MINI_LR_FACTOR:.12g}")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    """Parse with layered defaults: parser < method config < resumed run's args.yaml < -c config < CLI."""
+    """Parse with layered defaults (see the module docstring)."""
     parser = get_args_parser()
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("-c", "--config", default=None)
-    pre.add_argument("--Method", default=None)
-    pre.add_argument("--resume", default=None)
+    for name in ("-c", "--config"), ("--Method",), ("--resume",):
+        pre.add_argument(*name, default=None)
+    pre.add_argument("--mini_lr", action="store_true")
     known, _ = pre.parse_known_args(argv)
     user_cfg = load_yaml(known.config) if known.config else {}
-    method = (known.Method or user_cfg.get("Method") or run_args_of(known.resume).get("Method")
-              or parser.get_default("Method"))
+    resumed = run_args_of(known.resume)
+    method = known.Method or user_cfg.get("Method") or resumed.get("Method") or DEFAULT_METHOD_NAME
     defaults = {}
     mpath = method_config_path(method)
     if mpath is not None:
         defaults.update(load_yaml(mpath))
-    defaults.update(run_args_of(known.resume))
+    defaults.update(resumed)
     defaults.update(user_cfg)
+    if known.mini_lr or defaults.get("mini_lr"):
+        defaults["learning_rate"] = mini_learning_rate(method)
+    if not (known.Method or user_cfg.get("Method") or resumed.get("Method")):
+        defaults.pop("Method", None)  # None says "not given": an evaluation then names itself after its weights
     valid = {a.dest for a in parser._actions}
     unknown = sorted(set(defaults) - valid)
     if unknown:

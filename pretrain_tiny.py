@@ -27,9 +27,7 @@ import argparse
 import json
 import math
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 
@@ -37,15 +35,18 @@ import time
 # cores run 3-5x slower than one; passive waiting keeps 2 threads at least as fast as 1.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import open_clip  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from open_clip.loss import ClipLoss  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from attacks import no_param_grad, pgd  # noqa: E402
-from clip_model import load_clip, save_clip  # noqa: E402
+from checkpoint import save_clip  # noqa: E402
+from clip_model import load_clip  # noqa: E402
 from datasets.world import ATTRIBUTES, DIAGNOSTIC_SETS, HELDOUT_COMBOS, WORLD_TEST_SETS, build_world, stream  # noqa: E402
+from device import resolve_device  # noqa: E402
+from evaluate import evaluate_dataset  # noqa: E402
+from run_folder import environment  # noqa: E402
+from train import lr_at  # noqa: E402
 
 ARCH = "tiny-world"
 DEFAULT_OUT = "checkpoints/tiny-world-clip.pt"
@@ -98,79 +99,31 @@ def parse_mention(text: str) -> dict:
     return out
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-@torch.no_grad()
-def clean_accuracy(model, data, batch_size: int = 256) -> float:
-    text = model.encode_text(data.prompts)
-    x, y = data.dataset.images, data.dataset.labels
-    device = text.device
-    correct = 0
-    for i in range(0, len(y), batch_size):
-        logits = model.logits(x[i:i + batch_size].to(device), text)
-        correct += (logits.argmax(1).cpu() == y[i:i + batch_size]).sum().item()
-    return correct / len(y)
-
-
-def robust_accuracy(model, data, eps: float, steps: int = 10, alpha: float | None = None,
-                    batch_size: int = 256, seed: int = 0) -> float:
-    """PGD (uniform start, CE on the scaled logits over the set's classes, final iterate).
-    eps and alpha in pixel units; alpha defaults to eps/4 so that 10 steps can cross the ball."""
-    alpha = eps / 4 if alpha is None else alpha
-    with torch.no_grad():
-        text = model.encode_text(data.prompts)
-    device = text.device
-    x_all, y_all = data.dataset.images, data.dataset.labels
-    torch.manual_seed(seed)
-    correct = 0
-    was_training = model.training
-    model.eval()
-    with no_param_grad(model):
-        for i in range(0, len(y_all), batch_size):
-            x, y = x_all[i:i + batch_size].to(device), y_all[i:i + batch_size].to(device)
-            delta = pgd(lambda xa: F.cross_entropy(model.logits(xa, text), y, reduction="sum"), x, eps, alpha, steps)
-            with torch.no_grad():
-                correct += (model.logits(x + delta, text).argmax(1) == y).sum().item()
-    model.train(was_training)
-    return correct / len(y_all)
-
-
 def evaluate(model, sets=WORLD_TEST_SETS + DIAGNOSTIC_SETS, eps_list=(), steps: int = 10) -> dict:
+    """Zero-shot top-1 (fractions) per world test set: clean, and under PGD-`steps` at each ε of
+    `eps_list` (1/255 units, step ε/4 so that 10 steps cross the ball) — evaluate.py's own loop."""
     model.eval()
+    device = model.clip.logit_scale.device
     res = {}
     for name in sets:
         data = build_world(name, "test")
-        r = {"clean": round(clean_accuracy(model, data), 4), "classes": len(data.classnames), "n": len(data)}
-        for e in eps_list:
-            r[f"pgd{steps}_eps{e:g}"] = round(robust_accuracy(model, data, e / 255, steps), 4)
+        with torch.no_grad():
+            text = model.encode_text(data.prompts)
+        r = {"classes": len(data.classnames), "n": len(data)}
+        for e in (0, *eps_list):
+            settings = {"attack": "pgd", "norm": "l_inf", "eps": e, "steps": steps, "step_size": e / 4, "seed": 0}
+            acc = evaluate_dataset(model, data, text, settings, device, "fp32", show_progress=False)
+            if e == 0:
+                r["clean"] = round(acc["clean_acc"] / 100, 4)
+            else:
+                r[f"pgd{steps}_eps{e:g}"] = round(acc["robust_acc"] / 100, 4)
         res[name] = r
         print(f"{name:18s} " + " ".join(f"{k}={v}" for k, v in r.items()), flush=True)
     return res
 
 
-def lr_at(step: int, args) -> float:
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    t = (step - args.warmup) / max(1, args.steps - args.warmup)
-    return 0.5 * (1 + math.cos(math.pi * t)) * args.lr
-
-
-def environment() -> dict:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        rev = ""
-    return {"torch": torch.__version__, "open_clip": open_clip.__version__, "python": platform.python_version(),
-            "git_revision": rev, "threads": torch.get_num_threads()}
-
-
 def train(args) -> None:
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     model = load_clip(args.arch, pretrained=None, device=device)
     clip = model.clip
@@ -187,7 +140,7 @@ def train(args) -> None:
     bar = tqdm(range(args.steps), desc="pretrain", unit="step", dynamic_ncols=True)
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args)
+            g["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
         x, captions = next(batches)
         x = x.to(device)
         tokens = model.tokenizer(captions).to(device)
@@ -222,7 +175,7 @@ def train(args) -> None:
             "environment": environment(),
             "zero_shot": res,
             "note": "clean = zero-shot top-1 on the world test sets (split 'test'); "
-                    "pgdK_epsE = robust top-1 under l_inf PGD-K, eps E/255, step eps/4, random start"}
+                    "pgdK_epsE = robust top-1 under l_inf PGD-K, eps E/255, step eps/4, per-sample random start"}
     write_card(args.out, card)
 
 
@@ -238,7 +191,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if args.eval:
         ckpt = args.resume or args.out
-        model = load_clip(args.arch, pretrained=ckpt, device=pick_device(args.device))
+        model = load_clip(args.arch, pretrained=ckpt, device=resolve_device(args.device))
         res = evaluate(model, eps_list=args.eval_eps, steps=args.eval_steps)
         path = os.path.splitext(ckpt)[0] + ".json"
         card = json.load(open(path)) if os.path.isfile(path) else {}

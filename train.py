@@ -22,13 +22,14 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 import distributed
-from checkpoint import CHECKPOINT_NAME, atomic_save
-from runtime import autocast, make_scaler, rng_state, seed_everything, set_rng_state
+from checkpoint import CHECKPOINT_NAME, atomic_save, load_trainable_state, trainable_state
+from datasets import Indexed
+from device import autocast, make_scaler, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("tga_zsr")
 
@@ -39,20 +40,6 @@ def lr_at(step: int, base: float, warmup: int, total: int) -> float:
         return base * (step + 1) / warmup
     span = max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / span)) * base
-
-
-class Indexed(Dataset):
-    """Yields (x, y, index): the index keys the frozen-map cache and per-sample attack noise."""
-
-    def __init__(self, ds):
-        self.ds = ds
-
-    def __len__(self):
-        return len(self.ds)
-
-    def __getitem__(self, i):
-        x, y = self.ds[i]
-        return x, y, i
 
 
 class ResumableSampler(DistributedSampler):
@@ -70,18 +57,13 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.start
 
 
-def _extra_named(model) -> dict:
-    """`model.extra_trainable`: {name in model.clip: parameter} a method's setup made trainable."""
-    extra = getattr(model, "extra_trainable", None) or {}
-    return extra if isinstance(extra, dict) else {f"extra.{i}": p for i, p in enumerate(extra)}
-
-
-def trainable_parameters(model, last_num_ft: int = 0) -> list:
-    """What the optimiser steps: all visual-tower parameters, or only the last N tensors in
-    registration order (SPEC §0), unless `model.visual_trainable` is False (prompt tuning);
-    plus the visual prompts (`model.prompter`) and `model.extra_trainable` (TIMA's text tower)."""
+def trainable_parameters(model, trains: str = "visual", last_num_ft: int = 0, extra: dict | None = None) -> list:
+    """What the optimiser steps (SPEC §0), with requires_grad set on exactly those tensors:
+    the visual tower (all of it, or its last N tensors in registration order) when the method
+    trains it and no visual prompts are installed; the visual prompts (`model.prompter`) if any;
+    and the method's `extra` tensors (TIMA's text tower). `trains`: see methods.Method."""
     params = []
-    if getattr(model, "visual_trainable", True):
+    if trains in ("visual", "visual+text") and model.prompter is None:
         params = list(model.visual.parameters())
         if last_num_ft > 0:
             for p in params[:-last_num_ft]:
@@ -89,10 +71,9 @@ def trainable_parameters(model, last_num_ft: int = 0) -> list:
             params = params[-last_num_ft:]
     else:
         model.visual.requires_grad_(False)
-    prompter = getattr(model, "prompter", None)
-    if prompter is not None:
-        params += list(prompter.parameters())
-    params += list(_extra_named(model).values())
+    if model.prompter is not None:
+        params += list(model.prompter.parameters())
+    params += list((extra or {}).values())
     for p in params:
         p.requires_grad_(True)
     return params
@@ -104,23 +85,6 @@ def build_optimizer(args, params):
     return torch.optim.SGD(params, lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay)
 
 
-def trainable_state(model) -> dict:
-    state = {"vision_encoder_state_dict": model.visual.state_dict()}
-    prompter = getattr(model, "prompter", None)
-    if prompter is not None:
-        state["prompter_state_dict"] = prompter.state_dict()  # pixel and token prompts
-    extra = _extra_named(model)
-    if extra:
-        state["extra_trainable_state"] = {n: p.detach() for n, p in extra.items()}
-    return state
-
-
-def load_trainable_state(model, ckpt: dict) -> None:
-    model.visual.load_state_dict(ckpt["vision_encoder_state_dict"], strict=True)
-    from checkpoint import load_prompts_and_extra
-    load_prompts_and_extra(model, ckpt)
-
-
 class NonFiniteLoss(RuntimeError):
     pass
 
@@ -128,11 +92,12 @@ class NonFiniteLoss(RuntimeError):
 class Trainer:
     """Runs `method.step` over the training set for the whole schedule, checkpointing as it goes."""
 
-    def __init__(self, args, model, method, ctx, train_data, run_dir: Path, device, precision,
-                 rank: int = 0, world: int = 1, writer=None):
-        self.args, self.model, self.method, self.ctx = args, model, method, ctx
+    def __init__(self, args, model, method, train_data, run_dir: Path, device, precision,
+                 rank: int = 0, world: int = 1, writer=None, on_epoch_end=None):
+        self.args, self.model, self.method = args, model, method
         self.run_dir, self.device, self.precision = Path(run_dir), device, precision
         self.rank, self.world, self.writer = rank, world, writer
+        self.on_epoch_end = on_epoch_end  # called on rank 0 after each epoch's checkpoint (the loss curve)
         self.dataset = Indexed(train_data.dataset)
         self.sampler = ResumableSampler(self.dataset, num_replicas=world, rank=rank, seed=args.seed)
         self.accum_steps = max(1, int(getattr(args, "accum_steps", 1)))
@@ -142,7 +107,7 @@ class Trainer:
                              f"of {world * self.accum_steps}")
         self.batch_size = args.batch_size // world          # this rank's share of the global batch
         self.micro_batch = self.batch_size // self.accum_steps
-        self.params = trainable_parameters(model, args.last_num_ft)
+        self.params = trainable_parameters(model, method.trains, args.last_num_ft, method.trainable_extra())
         # DDP over the image tower; trainable tensors outside it get their gradients averaged.
         self.ddp = distributed.wrap_trainable(model, device)
         owned = {id(p) for p in self.ddp.module.parameters()} if self.ddp is not None else set()
@@ -159,7 +124,7 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {**trainable_state(self.model), "optimizer": self.optimizer.state_dict(),
+        return {**trainable_state(self.model, self.method.trainable_extra()), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch, "rng": rng_state(), "world": self.world,
                 "args": {k: v for k, v in vars(self.args).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
@@ -216,7 +181,7 @@ class Trainer:
             weight = xk.shape[0] / n
             with distributed.grad_sync(self.ddp, sync=k == len(chunks) - 1):
                 with autocast(self.device, self.precision):
-                    step_terms = self.method.step(self.ctx, xk, yk, ik)
+                    step_terms = self.method.step(xk, yk, ik)
                 loss = step_terms["loss"] if len(chunks) == 1 else step_terms["loss"] * weight
                 self.scaler.scale(loss).backward()
             for name, v in step_terms.items():
@@ -233,16 +198,6 @@ class Trainer:
             raise NonFiniteLoss(
                 f"non-finite loss at epoch {self.epoch} step {self.step}: {shown}. The run stops here; the last "
                 f"checkpoint in {self.run_dir} predates it. Lower --learning_rate or use --precision fp32.")
-
-    def plot_history(self) -> None:
-        """<run>/loss_curve.png from history.jsonl (rank 0). A plotting error never stops training."""
-        if self.rank != 0:
-            return
-        try:
-            from visualize import plot_loss_curve  # matplotlib is imported only here
-            plot_loss_curve(self.run_dir)
-        except Exception as e:  # noqa: BLE001  (any failure of a figure is only a warning)
-            log.warning(f"loss curve not written ({type(e).__name__}: {e}); training continues")
 
     def fit(self) -> None:
         args = self.args
@@ -286,8 +241,8 @@ class Trainer:
                 if (args.save_freq and self.step % args.save_freq == 0) or epoch_done or stop:
                     self._check_finite(bad, terms)
                     self.save()
-                if epoch_done or stop:
-                    self.plot_history()
+                if (epoch_done or stop) and self.rank == 0 and self.on_epoch_end is not None:
+                    self.on_epoch_end()
                 if stop:
                     break
             bar.close()

@@ -1,4 +1,4 @@
-"""Figures of a run: where the text-guided attention looks, the robust/clean trade-off, the losses.
+"""Figures of a run: where the text-guided attention looks; the command line of every figure.
 
 * Attention grid (the paper's central picture, SPEC §1): for N images of a dataset, one row per
   image: the clean image, its PGD image (ε in 1/255 units, attacked white-box against the
@@ -7,11 +7,8 @@
   the original CLIP on the clean image, of the original CLIP on the adversarial image and of the
   fine-tuned model on the adversarial image. Titles give each model's prediction.
   -> `<run>/attention_grid.png` and `.pdf`.
-* Trade-off: mean robust vs mean clean accuracy over each run's `results.jsonl`, one labelled
-  point per run, with iso-Average lines `(robust + clean) / 2 = const` (SPEC §5/§6).
-  -> `trade_off.png` and `.pdf` (in `--out`, default the first run).
-* Loss curve: every loss term of `<run>/history.jsonl` and the LR against the step; training
-  writes it at the end of each epoch (train.Trainer.fit). -> `<run>/loss_curve.png`.
+* Trade-off plot and loss curve: drawn by plots.py from the files a run wrote; this command line
+  draws them too (`--trade_off RUN ...`, `--loss_curve RUN`).
 
 The "original CLIP" is the run's starting point: built from the run's `args.yaml` exactly as
 tga_zsr.py builds it (seeded with the run's `--seed` right before `build_model`), so a run with
@@ -29,72 +26,35 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
-import json
 import logging
 import sys
-from collections import Counter
 from pathlib import Path
 
 import torch
 
+import datasets
+from attacks import no_param_grad
+from attention import text_guided_attention
+from checkpoint import load_visual_weights, resolve_checkpoint
+from clip_model import build_model
+from device import resolve_device, seed_everything
+from evaluate import attack_batch
+from methods import method_label
+from params import parse_args
+from plots import STYLE, make_trade_off, plot_loss_curve, pyplot, save_figure
+
 log = logging.getLogger("tga_zsr")
 
-# Paper-readable defaults: text at 11 pt when the figure is printed at its own size.
-STYLE = {"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11, "xtick.labelsize": 9.5,
-         "ytick.labelsize": 9.5, "legend.fontsize": 9.5, "figure.titlesize": 12, "pdf.fonttype": 42,
-         "savefig.facecolor": "white"}
-# One results row counts as the same evaluation setting as another when these agree.
-TRADE_OFF_KEYS = ("attack", "norm", "eps", "steps", "step_size", "n_samples")
 GRID_COLUMNS = ("clean image", "adversarial image", "original, clean", "original, adversarial",
                 "fine-tuned, adversarial")
 PANEL_IN, COLORBAR_IN = 2.2, 0.9          # attention grid: inches per panel, extra width for the bar
-HISTORY_SKIP = ("step", "epoch", "img_per_s", "lr")
 OVERLAY_ALPHA = 0.5
-TRADE_OFF_SIZE = (5.0, 5.0)              # inches: a square axes box for the equal-aspect plot
 MAP_CMAP = "jet"
-TERM_TITLES = {"loss": "total loss", "lr": "learning rate", "ce": "CE", "ar": "L_AR (Alpha term, unweighted)",
-               "amc": "L_AMC (Beta term, unweighted)"}
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend, imported on first use only."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def save_figure(fig, out_dir: Path, stem: str, dpi: int, pdf: bool = True, png_colors: int = 0) -> list[Path]:
-    """PNG (and PDF) at the figure's own size (no tight bbox: the pixel size is figsize × dpi).
-
-    `png_colors` > 0 stores the PNG with a dithered palette of that many colours: image panels
-    full of pixel noise otherwise make multi-megabyte PNGs (the docs examples use it).
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.png"] + ([out_dir / f"{stem}.pdf"] if pdf else [])
-    for p in paths:
-        tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")  # the suffix tells matplotlib the format
-        if p.suffix == ".png" and png_colors > 0:
-            from PIL import Image  # matplotlib's own dependency
-            buf = io.BytesIO()
-            fig.savefig(buf, dpi=dpi, format="png")
-            rgb = Image.open(buf).convert("RGB")
-            # an octree palette (keeps the colour map's hues) with Floyd–Steinberg dithering (no banding)
-            palette = rgb.quantize(png_colors, method=Image.Quantize.FASTOCTREE)
-            rgb.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(tmp, format="png", optimize=True)
-        else:
-            fig.savefig(tmp, dpi=dpi)
-        tmp.replace(p)  # a reader never sees half a file (the loss curve is rewritten each epoch)
-    pyplot().close(fig)
-    return paths
 
 
 # --- models ------------------------------------------------------------------------------------
 def run_args(resume: str | None, overrides: dict | None = None) -> argparse.Namespace:
     """The run's resolved flags (parser < method config < the run's args.yaml), then `overrides`."""
-    from params import parse_args
     args = parse_args(["--resume", str(resume)] if resume else [])
     for k, v in (overrides or {}).items():
         if v is not None:
@@ -104,15 +64,12 @@ def run_args(resume: str | None, overrides: dict | None = None) -> argparse.Name
 
 def original_model(args, device) -> torch.nn.Module:
     """The model a run started from: seeded and built exactly as tga_zsr.main does it."""
-    from runtime import seed_everything
-    from tga_zsr import build_model
     seed_everything(args.seed)
     return build_model(args, device)
 
 
 def load_models(resume: str, args, device):
     """(original, fine-tuned) in eval mode; the fine-tuned one has `resume`'s visual tower."""
-    from checkpoint import load_visual_weights, resolve_checkpoint
     original = original_model(args, device).eval()
     finetuned = copy.deepcopy(original)
     fmt = load_visual_weights(finetuned, resolve_checkpoint(resume))
@@ -128,7 +85,6 @@ def pick_indices(n_total: int, n_images: int, seed: int) -> list[int]:
 
 @torch.no_grad()
 def _maps_and_predictions(model, x, y, text):
-    from attention import text_guided_attention
     tokens = model.image_tokens(x)
     maps = text_guided_attention(tokens, text[y], out_size=x.shape[-1])[:, 0]
     return maps.float().cpu(), model.logits_from_tokens(tokens, text).argmax(1).cpu()
@@ -143,18 +99,17 @@ def attention_rows(original, finetuned, data, indices: list[int], settings: dict
     (same ε, steps, seed). `attack_original`: the original model's adversarial column gets its
     own white-box PGD image instead of the fine-tuned model's (the paper's per-model setting).
     """
-    from evaluate import attack_batch, frozen_params
     items = [data.dataset[i] for i in indices]
     x = torch.stack([im for im, _ in items]).to(device)
     y = torch.tensor([int(lbl) for _, lbl in items], device=device)
     idx = torch.tensor(indices)
     with torch.no_grad():
         text = finetuned.encode_text(data.prompts)  # the text tower is shared and never trained
-    with frozen_params(finetuned):
+    with no_param_grad(finetuned):
         x_adv = attack_batch(finetuned, x, y, idx, text, settings).detach()
     x_adv_orig = x_adv
     if attack_original:
-        with frozen_params(original):
+        with no_param_grad(original):
             x_adv_orig = attack_batch(original, x, y, idx, text, settings).detach()
     out = {"image": x.cpu(), "adv": x_adv.cpu(), "adv_orig": x_adv_orig.cpu(), "delta": (x_adv - x).cpu(),
            "label": y.cpu(), "index": indices}
@@ -239,14 +194,11 @@ def make_attention_grid(resume: str, dataset: str | None = None, root: str | Non
                         pretrained: str | None = None, device: str = "auto", out: str | None = None,
                         dpi: int = 150, attack_original: bool = False, png_colors: int = 0) -> list[Path]:
     """Build both models from the run, attack, draw and save `attention_grid.png/.pdf`."""
-    import datasets as ds_registry
-    from checkpoint import resolve_checkpoint
-    from runtime import resolve_device
     args = run_args(resume, {"arch": arch, "pretrained": pretrained, "root": root, "test_eps": eps,
                              "test_numsteps": steps, "test_stepsize": step_size, "norm": norm})
     dev = resolve_device(device)
     dataset = dataset or list(args.testdata)[0]
-    data = ds_registry.get_dataset(dataset, args.root, split)
+    data = datasets.get_dataset(dataset, args.root, split)
     original, finetuned = load_models(resume, args, dev)
     settings = {"attack": "pgd", "norm": args.norm, "eps": args.test_eps, "steps": args.test_numsteps,
                 "step_size": args.test_stepsize, "seed": args.seed}
@@ -262,188 +214,6 @@ def make_attention_grid(resume: str, dataset: str | None = None, root: str | Non
     paths = save_figure(fig, out_dir, "attention_grid", dpi, png_colors=png_colors)
     log.info(f"attention grid of {len(indices)} {data.name} images -> {paths[0]}")
     return paths
-
-
-# --- trade-off ---------------------------------------------------------------------------------
-def display_name(method: str) -> str:
-    """The paper's spelling of a registered method (its first alias: tga_zsr -> TGA-ZSR)."""
-    try:
-        from methods import get_method
-        m = get_method(method)
-        return m.aliases[0] if m.aliases else m.name
-    except SystemExit:  # not a registered method (e.g. a run folder name): shown as is
-        return method
-
-
-def trade_off_points(runs: list[str | Path], eps: float | None = None) -> list[dict]:
-    """One point per run: mean clean and robust accuracy (%) over its datasets, in run order.
-
-    A run evaluated under several settings contributes the setting given by `eps` (1/255 units),
-    else the one with the most datasets (the latest on a tie); a dataset evaluated twice under
-    that setting counts once, with its latest row.
-    """
-    from evaluate import read_results
-    points = []
-    for run in runs:
-        rows = [r for r in read_results(run) if "clean_acc" in r and "robust_acc" in r]
-        if eps is not None:
-            rows = [r for r in rows if r.get("eps") is not None and abs(float(r["eps"]) - eps) < 1e-9]
-        if not rows:
-            raise SystemExit(f"{run}: no results.jsonl rows" + (f" at eps {eps:g}/255" if eps is not None else "")
-                             + "; evaluate it first (python tga_zsr.py --eval_only --resume RUN)")
-        key_of = [tuple(r.get(k) for k in TRADE_OFF_KEYS) for r in rows]
-        datasets_per_key: dict = {}
-        for key, r in zip(key_of, rows):
-            datasets_per_key.setdefault(key, set()).add(r["dataset"])
-        last_seen = {key: i for i, key in enumerate(key_of)}
-        chosen = max(datasets_per_key, key=lambda k: (len(datasets_per_key[k]), last_seen[k]))
-        latest = {r["dataset"]: r for key, r in zip(key_of, rows) if key == chosen}
-        if len(datasets_per_key) > 1:
-            log.info(f"{run}: {len(datasets_per_key)} evaluation settings; plotting "
-                     f"{dict(zip(TRADE_OFF_KEYS, chosen))}")
-        clean = sum(r["clean_acc"] for r in latest.values()) / len(latest)
-        robust = sum(r["robust_acc"] for r in latest.values()) / len(latest)
-        method = display_name(next((r["method"] for r in reversed(rows) if r.get("method")), Path(run).name))
-        points.append({"run": Path(run).name, "method": method, "clean": clean, "robust": robust,
-                       "average": (clean + robust) / 2, "datasets": sorted(latest),
-                       **dict(zip(TRADE_OFF_KEYS, chosen))})
-    names = [p["method"] for p in points]
-    for p in points:  # two runs of one method: tell them apart by run name
-        p["label"] = p["method"] if names.count(p["method"]) == 1 else f"{p['method']} ({p['run']})"
-    if len({tuple(p["datasets"]) for p in points}) > 1:
-        log.warning("the runs were evaluated on different datasets: their means are not comparable")
-    if len({(p["eps"], p["steps"], p["attack"]) for p in points}) > 1:
-        log.warning("the runs were attacked with different settings: "
-                    + "; ".join(f"{p['label']}: {p['attack']} eps {p['eps']} steps {p['steps']}" for p in points))
-    return points
-
-
-LABELLED_POINTS = 6  # more points than this get a legend instead of labels next to them
-
-
-def draw_trade_off(points: list[dict], title: str = ""):
-    """Scatter of the points (one `scatter` call, in the order given) with iso-Average lines."""
-    plt = pyplot()
-    with plt.rc_context(STYLE):
-        w, h = TRADE_OFF_SIZE
-        fig, ax = plt.subplots(figsize=(w if len(points) <= LABELLED_POINTS else w + 3.2, h), layout="constrained")
-        xs = [p["clean"] for p in points]
-        ys = [p["robust"] for p in points]
-        cmap = plt.get_cmap("tab10" if len(points) <= 10 else "tab20")
-        colours = [cmap(i % cmap.N) for i in range(len(points))]
-        ax.scatter(xs, ys, c=colours, s=60, zorder=3, edgecolors="black", linewidths=0.6)
-        if len(points) <= LABELLED_POINTS:
-            for i, (p, x, y) in enumerate(zip(points, xs, ys)):
-                # points on (nearly) the same spot get their labels stacked, not printed over each other
-                below = sum(abs(x - xs[j]) < 1.0 and abs(y - ys[j]) < 1.0 for j in range(i))
-                ax.annotate(p["label"], (x, y), xytext=(6, 5 + 13 * below), textcoords="offset points", fontsize=10)
-        else:  # a whole table's worth of methods crowd together: a legend stays readable
-            for p, colour in zip(points, colours):
-                ax.scatter([], [], color=colour, s=60, edgecolors="black", linewidths=0.6,
-                           label=f"{p['label']} ({p['clean']:.1f}, {p['robust']:.1f})")
-            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=9, frameon=False,
-                      title="method (clean, robust)", title_fontsize=9)
-        # A square view with equal aspect, so the iso-Average lines run at −45° and read as such.
-        span = min(104.0, max(20.0, 1.3 * max(max(xs) - min(xs), max(ys) - min(ys))))
-        x0 = min(max(-2.0, (max(xs) + min(xs) - span) / 2), 102.0 - span)
-        y0 = min(max(-2.0, (max(ys) + min(ys) - span) / 2), 102.0 - span)
-        x1, y1 = x0 + span, y0 + span
-        # iso-Average lines robust = 2k − clean, on a step that gives a handful inside the box
-        lo, hi = (x0 + y0) / 2, (x1 + y1) / 2
-        step = next(s for s in (1, 2, 5, 10, 20, 50) if (hi - lo) / s <= 10)
-        k = step * int(lo // step)
-        while k <= hi + step:
-            ax.plot([x0, x1], [2 * k - x0, 2 * k - x1], ls="--", lw=0.8, color="0.6", zorder=1)
-            # label at the line's point nearest the centre of the view, if well inside it
-            xm = (2 * k - (y0 + y1) / 2 + (x0 + x1) / 2) / 2
-            margin = 0.06 * span
-            if x0 + margin < xm < x1 - margin and y0 + margin < 2 * k - xm < y1 - margin:
-                ax.text(xm, 2 * k - xm, f"avg {k:g}", fontsize=8, color="0.4", rotation=-45,
-                        ha="center", va="center", rotation_mode="anchor",
-                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
-            k += step
-        ax.set_xlim(x0, x1)
-        ax.set_ylim(y0, y1)
-        ax.set_aspect("equal")
-        ax.set_xlabel("mean clean accuracy (%)")
-        ax.set_ylabel("mean robust accuracy (%)")
-        ax.grid(alpha=0.25)
-        if title:
-            ax.set_title(title)
-    return fig
-
-
-def make_trade_off(runs: list[str], out: str | None = None, eps: float | None = None, dpi: int = 150,
-                   png_colors: int = 0) -> list[Path]:
-    points = trade_off_points(runs, eps)
-    p0 = points[0]
-    n_sets = len(p0["datasets"])
-    title = (f"{p0['attack'].upper()}-{p0['steps']}, ε={p0['eps']:g}/255, "
-             f"mean over {n_sets} dataset{'s' if n_sets != 1 else ''}")
-    fig = draw_trade_off(points, title)
-    paths = save_figure(fig, Path(out) if out else Path(runs[0]), "trade_off", dpi, png_colors=png_colors)
-    for p in points:
-        log.info(f"{p['label']}: clean {p['clean']:.2f}  robust {p['robust']:.2f}  average {p['average']:.2f}")
-    log.info(f"trade-off of {len(points)} run(s) -> {paths[0]}")
-    return paths
-
-
-# --- loss curve --------------------------------------------------------------------------------
-def read_history(run: str | Path) -> list[dict]:
-    """history.jsonl rows sorted by step; a step logged twice (a resume that redid it) keeps the last."""
-    path = Path(run) / "history.jsonl"
-    by_step = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill
-                continue
-            if isinstance(row, dict) and "step" in row:
-                by_step[int(row["step"])] = row
-    return [by_step[s] for s in sorted(by_step)]
-
-
-def loss_terms(history: list[dict]) -> list[str]:
-    """Numeric columns to plot: the total loss first, then the method's terms in logged order."""
-    seen = []
-    for row in history:
-        for k, v in row.items():
-            if k not in HISTORY_SKIP and k not in seen and isinstance(v, (int, float)) and not isinstance(v, bool):
-                seen.append(k)
-    return sorted(seen, key=lambda k: k != "loss")
-
-
-def plot_loss_curve(run: str | Path, out: str | Path | None = None, dpi: int = 120, png_colors: int = 0) -> Path:
-    """`loss_curve.png`: one panel per loss term (the run's averages per print_freq) and the LR."""
-    history = read_history(run)
-    if not history:
-        raise FileNotFoundError(f"{Path(run) / 'history.jsonl'} has no rows yet")
-    plt = pyplot()
-    terms = loss_terms(history) + (["lr"] if any("lr" in r for r in history) else [])
-    ncols = min(3, len(terms))
-    nrows = -(-len(terms) // ncols)
-    steps = [r["step"] for r in history]
-    # the first step of each epoch after the first: where the epoch boundaries fall
-    starts = [r["step"] for prev, r in zip(history, history[1:]) if r.get("epoch") != prev.get("epoch")]
-    with plt.rc_context(STYLE):
-        fig = plt.figure(figsize=(3.4 * ncols, 2.6 * nrows + 0.4), layout="constrained")
-        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-        for ax, term in zip(axes, terms):
-            pts = [(s, r[term]) for s, r in zip(steps, history) if isinstance(r.get(term), (int, float))]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None,
-                    ms=3, lw=1.4, color="tab:orange" if term == "lr" else "tab:blue")
-            for s in starts:
-                ax.axvline(s, color="0.7", ls=":", lw=0.9)
-            ax.set_title(TERM_TITLES.get(term, term))
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.25)
-            if term == "lr":
-                ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-        for ax in axes[len(terms):]:
-            ax.set_visible(False)
-        fig.suptitle(f"{Path(run).name}: training losses (means over print_freq steps; dotted: epochs)")
-    return save_figure(fig, Path(out) if out else Path(run), "loss_curve", dpi, pdf=False, png_colors=png_colors)[0]
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -496,7 +266,7 @@ def main(argv=None) -> int:
     if args.loss_curve:
         log.info(f"loss curve -> {plot_loss_curve(args.loss_curve, args.out, args.dpi, args.png_colors)}")
     if args.trade_off:
-        make_trade_off(args.trade_off, args.out, args.eps, args.dpi, args.png_colors)
+        make_trade_off(args.trade_off, args.out, args.eps, args.dpi, args.png_colors, method_label)
     if args.resume:
         make_attention_grid(args.resume, args.dataset, args.root, args.split, args.n_images, args.image_seed,
                             args.eps, args.steps, args.step_size, args.norm, args.arch, args.pretrained,
@@ -506,3 +276,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
