@@ -9,9 +9,10 @@ import yaml
 
 import tga_zsr
 from checkpoint import load_visual_weights
-from clip_model import load_clip, save_clip
+from checkpoint import save_clip
+from clip_model import load_clip
 from tests.eval_fixtures import register_tiny_sets
-from train import trainable_state
+from checkpoint import trainable_state
 
 
 @pytest.fixture

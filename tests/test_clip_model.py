@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clip_model import CLIP_MEAN, CLIP_STD, load_clip, save_clip
+from checkpoint import save_clip
+from clip_model import CLIP_MEAN, CLIP_STD, load_clip
 
 
 def test_cls_token_equals_open_clip_encode_image(tiny_model):

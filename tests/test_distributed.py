@@ -23,7 +23,7 @@ import torch
 import tga_zsr
 from checkpoint import load_file
 from clip_model import load_clip
-from runtime import seed_everything
+from device import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["-c", "configs/synthetic.yaml", "--device", "cpu", "--print_freq", "1", "--max_steps", "2",

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import evaluate
-import make_table
+import results
 import tga_zsr
 from attacks import ce_loss_sum, pgd
 from tests.eval_fixtures import register_tiny_sets, tiny_data
@@ -38,11 +38,11 @@ def test_batch_size_does_not_change_accuracy(tiny_model):
 def test_per_sample_random_start_is_batch_independent(tiny_model):
     x = torch.rand(6, 3, 32, 32)
     idx = torch.arange(6)
-    whole = evaluate.per_sample_start(x, idx, 4 / 255, "l_inf", seed=3)
-    parts = torch.cat([evaluate.per_sample_start(x[i:i + 2], idx[i:i + 2], 4 / 255, "l_inf", seed=3)
+    whole = attacks.per_sample_start(x, idx, 4 / 255, "l_inf", seed=3)
+    parts = torch.cat([attacks.per_sample_start(x[i:i + 2], idx[i:i + 2], 4 / 255, "l_inf", seed=3)
                        for i in range(0, 6, 2)])
     assert torch.equal(whole, parts)
-    assert not torch.equal(whole, evaluate.per_sample_start(x, idx, 4 / 255, "l_inf", seed=4))
+    assert not torch.equal(whole, attacks.per_sample_start(x, idx, 4 / 255, "l_inf", seed=4))
 
 
 def test_eps_zero_robust_equals_clean(tiny_model):
@@ -107,7 +107,7 @@ def test_autoattack_runs(tiny_model, classes, caplog, monkeypatch):
     tga_log.addHandler(caplog.handler)
     try:
         with caplog.at_level(logging.INFO, logger="tga_zsr"):
-            with evaluate.frozen_params(tiny_model):
+            with attacks.no_param_grad(tiny_model):
                 x_adv = attack_batch(tiny_model.eval(), x, y, torch.arange(len(y)), text, s)
     finally:
         tga_log.removeHandler(caplog.handler)
@@ -173,8 +173,8 @@ def test_results_rows_and_resume_after_interruption(tmp_path, monkeypatch):
     assert calls == ["test_tiny5"], "only the unfinished dataset is evaluated again"
     assert [r["dataset"] for r in evaluate.read_results(cut_path)] == sets
 
-    full_t = make_table.build_tables(make_table.load_runs([str(tmp_path / "full")]))
-    cut_t = make_table.build_tables(make_table.load_runs([str(tmp_path / "cut")]))
+    full_t = results.build_tables(results.load_runs([str(tmp_path / "full")]))
+    cut_t = results.build_tables(results.load_runs([str(tmp_path / "cut")]))
     strip = lambda ts: [(t["title"], t["datasets"], [(r["cells"], r["robust"], r["clean"]) for r in t["rows"]])  # noqa: E731
                         for t in ts]
     assert strip(full_t) == strip(cut_t)
@@ -183,5 +183,5 @@ def test_results_rows_and_resume_after_interruption(tmp_path, monkeypatch):
     calls.clear()
     assert _eval_cli(tmp_path, "cut", sets[:1], "--test_eps", "2") == 0
     assert calls == ["test_tiny3"]
-    titles = [t["title"] for t in make_table.build_tables(make_table.load_runs([str(tmp_path / "cut")]))]
+    titles = [t["title"] for t in results.build_tables(results.load_runs([str(tmp_path / "cut")]))]
     assert titles == ["PGD-2, ε = 1/255, step 1/255, l_inf, fp32", "PGD-2, ε = 2/255, step 1/255, l_inf, fp32"]

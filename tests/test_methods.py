@@ -13,12 +13,13 @@ import torch.nn.functional as F
 import methods
 from losses import (fare_embedding_loss, hyperspherical_energy, in_batch_contrastive_loss, pmg_aft_loss,
                     tga_zsr_loss, text_distance_margins)
-from params import parse_args
+from attention import GradCAM
+from checkpoint import trainable_state
+from params import mini_learning_rate, parse_args
 from prompters import install_prompter, remove_prompter
 from train import build_optimizer, trainable_parameters
 
-ALL = ["clip", "ft_clean", "ft_adv", "tecoa", "tecoa_vpt", "pmg_aft", "fare", "tga_zsr", "tga_zsr_visual",
-       "comp_tga", "tima"]
+ALL = methods.available_methods()   # data-driven: a new method is tested here without editing this file
 PROMPTS = [f"This is a photo of a thing{i}" for i in range(6)]
 
 
@@ -45,8 +46,24 @@ def text_of(model, prompts=PROMPTS):
 
 # --- registry and configs -----------------------------------------------------------------------
 
+@pytest.mark.parametrize("name", ALL)
+def test_every_method_is_declared_whole(name):
+    """Label, aliases, config, flags, run name and mini learning rate of every registered method."""
+    cls = methods.get_method(name)
+    assert cls.name == name and cls.label and cls.__doc__
+    assert all(methods.canonical_method(a) == name for a in (name, cls.label, *cls.aliases))
+    assert methods.method_label(name) == cls.label
+    args = parse_args(["--Method", name])                 # its configs/<name>.yaml parses
+    assert methods.get_method(args.Method, args.atten_methods).name == name
+    assert mini_learning_rate(name) >= 0
+    assert cls.trains in ("nothing", "visual", "prompts", "visual+text")
+    for dest, _ in cls.run_name:                          # what names its run folder is one of its flags
+        assert hasattr(args, dest)
+
+
 def test_registry_names_aliases_and_configs():
-    assert methods.available_methods() == sorted(ALL)
+    assert {"clip", "ft_clean", "ft_adv", "tecoa", "tecoa_vpt", "pmg_aft", "fare", "tga_zsr", "tga_zsr_visual",
+            "comp_tga", "tima"} <= set(ALL)
     for alias, canon in [("TGA-ZSR", "tga_zsr"), ("TeCoA", "tecoa"), ("CLIP", "clip"), ("FT-Clean", "ft_clean"),
                          ("FT-Standard", "ft_adv"), ("FT-Adv", "ft_adv"), ("PMG-AFT", "pmg_aft"), ("FARE", "fare"),
                          ("Comp-TGA", "comp_tga"), ("TIMA", "tima")]:
@@ -136,8 +153,7 @@ def test_alpha_beta_zero_tga_equals_tecoa(tiny_model):
     x_adv = (x - 2 / 255).clamp(0, 1)
     T = text_of(model)
     tga = tga_zsr_loss(model, frozen, x, x_adv, y, T, 0.0, 0.0)["loss"]
-    ctx = methods.StepContext(model=model, text_features=T, args=parse_args(["--Method", "TeCoA", "--VPbaseline"]))
-    tecoa = methods.get_method("tecoa").step(ctx, x_adv, y)["loss"]
+    tecoa = methods.build_method(parse_args(["--Method", "TeCoA", "--VPbaseline"]), model, T).step(x_adv, y)["loss"]
     assert torch.equal(tga, tecoa)
     logits = model.logit_scale * F.normalize(model.image_tokens(x_adv)[:, 0], dim=-1) @ T.t()
     assert torch.allclose(tga, F.cross_entropy(logits, y))
@@ -178,29 +194,26 @@ def test_comp_tga_negative_text_computed_once(tiny_model):
     args = parse_args(["--Method", "Comp-TGA", "--VPbaseline"])
     model = tiny_model
     T = text_of(model)
-    ctx = methods.StepContext(model=model, text_features=T, args=args, frozen=model.frozen_image_tower(),
-                              prompts=PROMPTS)
     calls = []
     orig = model.encode_text
     model.encode_text = lambda p, **k: calls.append(len(p)) or orig(p, **k)
+    method = methods.build_method(args, model, T, PROMPTS)
     x, y = batch()
-    methods.get_method("comp_tga").step(ctx, x, y)
-    methods.get_method("comp_tga").step(ctx, x, y)
+    method.step(x, y)
+    method.step(x, y)
     assert calls == [len(PROMPTS)]
 
 
 # --- Grad-CAM (the Vision-based row) ----------------------------------------------------------------
 
-def _visual_ctx(model, differentiable):
+def _visual_method(model, differentiable):
     argv = ["--Method", "TGA-ZSR", "--atten_methods", "visual", "--VPbaseline"]
     args = parse_args(argv + (["--differentiable_cam"] if differentiable else []))
-    return methods.StepContext(model=model, text_features=text_of(model), args=args,
-                               frozen=model.frozen_image_tower())
+    return methods.build_method(args, model, text_of(model))
 
 
 @pytest.mark.parametrize("differentiable", [False, True])
 def test_gradcam_map_gradient_only_when_asked(tiny_model, differentiable):
-    from gradcam import GradCAM
     model = tiny_model
     T = text_of(model)
     x, y = batch()
@@ -212,10 +225,10 @@ def test_gradcam_map_gradient_only_when_asked(tiny_model, differentiable):
     assert all(p.grad is None for p in model.parameters())  # the CAM backward leaves no .grad
     cam.remove()
     # the step's loss: the AR/AMC terms move the weights only with --differentiable_cam
-    ctx = _visual_ctx(model, differentiable)
+    method = _visual_method(model, differentiable)
     with torch.no_grad():  # a trained tower that has moved away from the frozen one: maps differ
         model.visual.conv1.weight.mul_(1.05)
-    terms = methods.get_method("tga_zsr_visual").step(ctx, x, y)
+    terms = method.step(x, y)
     assert terms["ar"] > 0 and terms["ar"].requires_grad == differentiable
     p = next(iter(model.visual.transformer.parameters()))
     g_all = torch.autograd.grad(terms["loss"], p, retain_graph=True)[0]
@@ -224,7 +237,6 @@ def test_gradcam_map_gradient_only_when_asked(tiny_model, differentiable):
 
 
 def test_gradcam_matches_manual_computation(tiny_model):
-    from gradcam import GradCAM
     model = tiny_model
     T = text_of(model)
     x, y = batch()
@@ -249,17 +261,16 @@ def test_gradcam_matches_manual_computation(tiny_model):
 def test_gradcam_hooks_do_not_accumulate(tiny_model):
     model = tiny_model
     layer = model.visual.transformer.resblocks[-1].ln_1
-    ctx = _visual_ctx(model, False)
+    method = _visual_method(model, False)
     x, y = batch()
-    step = methods.get_method("tga_zsr_visual").step
-    step(ctx, x, y)
+    method.step(x, y)
     n_hooks = len(layer._forward_hooks)
-    n_frozen = len(ctx.frozen.visual.transformer.resblocks[-1].ln_1._forward_hooks)
+    n_frozen = len(method.frozen.visual.transformer.resblocks[-1].ln_1._forward_hooks)
     for _ in range(2):
-        step(ctx, x, y)
+        method.step(x, y)
     assert len(layer._forward_hooks) == n_hooks == 1
-    assert len(ctx.frozen.visual.transformer.resblocks[-1].ln_1._forward_hooks) == n_frozen == 1
-    for cam in ctx.extra["gradcam"]:
+    assert len(method.frozen.visual.transformer.resblocks[-1].ln_1._forward_hooks) == n_frozen == 1
+    for cam in method.cams:
         assert cam._activation is None
         cam.remove()
     assert len(layer._forward_hooks) == 0
@@ -310,16 +321,15 @@ def test_only_prompts_receive_gradients_and_change(tiny_model, kind):
     model = tiny_model
     args = parse_args(["--Method", "tecoa_vpt", "-c", "configs/synthetic.yaml", "--method", kind, "--prompt_size", "30",
                        "--add_prompt_size", "3", "--learning_rate", "1.0", "--warmup", "1"])
-    methods.prepare_model(model, args, methods.get_method("tecoa_vpt"))
-    params = trainable_parameters(model)
+    method = methods.build_method(args, model, text_of(model))
+    params = trainable_parameters(model, method.trains)
     prompter = model.prompter
     assert {id(p) for p in params} == {id(p) for p in prompter.parameters()}
     opt = build_optimizer(args, params)
     before_clip = copy.deepcopy(model.clip.state_dict())
     before_prompts = {k: v.clone() for k, v in prompter.state_dict().items()}
-    ctx = methods.StepContext(model=model, text_features=text_of(model), args=args)
     x, y = batch()
-    loss = methods.get_method("tecoa_vpt").step(ctx, x, y)["loss"]
+    loss = method.step(x, y)["loss"]
     opt.zero_grad()
     loss.backward()
     assert all(p.grad is None for p in model.clip.parameters())
@@ -344,7 +354,7 @@ def test_vpt_checkpoint_round_trip_through_eval_only(tmp_path):
     model = load_clip("tiny-vit", None)
     args = parse_args(["--resume", str(tmp_path / "vpt"), "--eval_only"])
     assert args.adaptation_method == "VPT" and args.add_prompt_size == 4
-    methods.prepare_model(model, args, methods.get_method(args.Method))
+    methods.prepare_model(model, args)
     from checkpoint import load_visual_weights
     load_visual_weights(model, tmp_path / "vpt" / "last.pt")
     for k, v in ck["prompter_state_dict"].items():
@@ -356,8 +366,8 @@ def test_vpt_checkpoint_round_trip_through_eval_only(tmp_path):
 def test_fare_inner_attack_increases_the_embedding_loss(tiny_model):
     model = tiny_model
     args = parse_args(["--Method", "FARE", "--train_eps", "4"])
-    frozen = model.frozen_image_tower()
-    ctx = methods.StepContext(model=model, text_features=text_of(model), args=args, frozen=frozen)
+    method = methods.build_method(args, model, text_of(model))
+    frozen = method.frozen
     x, y = batch()
     with torch.no_grad():
         ref = frozen(x)[:, 0]
@@ -369,7 +379,7 @@ def test_fare_inner_attack_increases_the_embedding_loss(tiny_model):
         calls.append(float(value.detach()))
         return value
     torch.manual_seed(0)
-    x_adv = methods.train_pgd(ctx, x, y, objective=objective)
+    x_adv = method.attack(model, x, y, objective=objective)
     with torch.no_grad():
         after = fare_embedding_loss(model.image_tokens(x_adv)[:, 0], ref)
     assert len(calls) == 10
@@ -396,37 +406,33 @@ def _setup(method_name, model, extra=()):
     data = get_dataset("synthetic_train", "", "train")
     args = parse_args(["-c", "configs/synthetic.yaml", "--Method", method_name, "--warmup", "1",
                        "--train_numsteps", "2", "--add_prompt_size", "2", *extra])
-    method = methods.get_method(args.Method, args.atten_methods)
-    frozen = model.frozen_image_tower() if method.needs_frozen else None
-    methods.prepare_model(model, args, method)
     T = text_of(model, data.prompts)
-    ctx = methods.StepContext(model=model, text_features=T, args=args, frozen=frozen,
-                              prompts=list(data.prompts), classnames=list(data.classnames))
+    method = methods.build_method(args, model, T, list(data.prompts), list(data.classnames), len(data))
     xs, ys = zip(*[data.dataset[i] for i in range(6)])
-    return method, args, ctx, torch.stack(xs), torch.tensor(ys)
+    return method, args, torch.stack(xs), torch.tensor(ys)
 
 
 @pytest.mark.parametrize("name", [m for m in ALL if m != "clip"])
 def test_training_steps_lower_the_loss(tiny_model, name):
     model = tiny_model
-    method, args, ctx, x, y = _setup(name, model, ["--learning_rate", str(TEST_LR[name])])
-    if ctx.frozen is not None:
+    method, args, x, y = _setup(name, model, ["--learning_rate", str(TEST_LR[name])])
+    if method.frozen is not None:
         # Start away from θ = θ₀, where the AMC distance has its kink (zero subgradient), as in any
         # training step after the first.
         with torch.no_grad():
             g = torch.Generator().manual_seed(1)
             for p in model.visual.parameters():
                 p.add_(0.02 * torch.randn(p.shape, generator=g))
-    opt = build_optimizer(args, trainable_parameters(model, args.last_num_ft))
+    opt = build_optimizer(args, trainable_parameters(model, method.trains, args.last_num_ft, method.trainable_extra()))
     term = TRAINED_TERM.get(name, "loss")
 
     def measured():
         torch.manual_seed(123)  # the same PGD random start every time: a fixed objective
-        return float(method.step(ctx, x, y)[term].detach())
+        return float(method.step(x, y)[term].detach())
     start = measured()
     for _ in range(3):
         torch.manual_seed(123)
-        loss = method.step(ctx, x, y)["loss"]
+        loss = method.step(x, y)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -435,21 +441,21 @@ def test_training_steps_lower_the_loss(tiny_model, name):
 
 
 def test_tima_trains_the_text_tower_and_saves_it(tiny_model):
-    from train import trainable_state
     model = tiny_model
-    method, args, ctx, x, y = _setup("tima", model, ["--tima_text_params", "last_block"])
-    names = set(model.extra_trainable)
+    method, args, x, y = _setup("tima", model, ["--tima_text_params", "last_block"])
+    extra = method.trainable_extra()
+    names = set(extra)
     last = len(model.clip.transformer.resblocks) - 1
     assert "text_projection" in names and any(n.startswith(f"transformer.resblocks.{last}.") for n in names)
     assert not any(n.startswith("transformer.resblocks.0.") for n in names)
-    opt = build_optimizer(args, trainable_parameters(model))
-    before = {n: p.detach().clone() for n, p in model.extra_trainable.items()}
-    loss = method.step(ctx, x, y)["loss"]
+    opt = build_optimizer(args, trainable_parameters(model, method.trains, 0, extra))
+    before = {n: p.detach().clone() for n, p in extra.items()}
+    loss = method.step(x, y)["loss"]
     opt.zero_grad()
     loss.backward()
     opt.step()
-    assert any(not torch.equal(before[n], p) for n, p in model.extra_trainable.items())
-    state = trainable_state(model)
+    assert any(not torch.equal(before[n], p) for n, p in extra.items())
+    state = trainable_state(model, extra)
     assert set(state["extra_trainable_state"]) == names
 
 

@@ -1,11 +1,13 @@
-"""make_table.py: the challenge table from hand-written results.jsonl files (exact Markdown and CSV)."""
+"""results.py: the challenge table from hand-written results.jsonl files (exact Markdown and CSV)."""
 import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import make_table
+import results
+from datasets import TABLE_ORDER
+from methods import method_label
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,6 +18,16 @@ def row(dataset, robust, clean, method, run, eps=1, **kw):
          "checkpoint": "last.pt@step10", "method": method, "run": run, "classes": 10}
     r.update(kw)
     return r
+
+
+def table_main(argv):
+    """As `tga_zsr.py --table` calls it: the SPEC order of datasets, labels of rows that carry none
+    (these hand-written rows have the format of results written before rows carried labels)."""
+    return results.table_main(argv, order=TABLE_ORDER, label_of=method_label)
+
+
+def build_tables(runs):
+    return results.build_tables(results.load_runs(runs), TABLE_ORDER, method_label)
 
 
 def write_run(folder: Path, rows, tail: str = "") -> Path:
@@ -59,7 +71,7 @@ def two_runs(tmp_path):
 
 def test_markdown_exact(tmp_path, capsys):
     a, b = two_runs(tmp_path)
-    assert make_table.main([str(a), str(b)]) == 0
+    assert table_main([str(a), str(b)]) == 0
     out = capsys.readouterr().out
     assert out == EXPECTED + f"CSV written to {a / 'table.csv'}\n"
 
@@ -67,7 +79,7 @@ def test_markdown_exact(tmp_path, capsys):
 def test_csv(tmp_path):
     a, b = two_runs(tmp_path)
     out = tmp_path / "t.csv"
-    assert make_table.main([str(a), str(b / "results.jsonl"), "--out", str(out)]) == 0
+    assert table_main([str(a), str(b / "results.jsonl"), "--out", str(out)]) == 0
     with open(out) as f:
         recs = list(csv.DictReader(f))
     assert [(r["method"], r["eps"]) for r in recs] == [("tecoa", "1"), ("tga_zsr", "1"), ("tecoa", "4")]
@@ -84,8 +96,17 @@ def test_csv(tmp_path):
 def test_same_method_rows_carry_the_run_name(tmp_path):
     a = write_run(tmp_path / "seed0", [row("cifar10", 30, 50, "tga_zsr", "seed0")])
     b = write_run(tmp_path / "seed1", [row("cifar10", 32, 52, "tga_zsr", "seed1")])
-    tables = make_table.build_tables(make_table.load_runs([str(a), str(b)]))
+    tables = build_tables([str(a), str(b)])
     assert [r["label"] for r in tables[0]["rows"]] == ["TGA-ZSR (seed0)", "TGA-ZSR (seed1)"]
+
+
+def test_a_rows_own_label_wins(tmp_path):
+    """New rows carry the method's display label (methods.py `label`); the table prints it as is."""
+    a = write_run(tmp_path / "ls", [row("cifar10", 30, 50, "tecoa_ls", "ls", label="TeCoA-LS (ε 0.1)")])
+    b = write_run(tmp_path / "t", [row("cifar10", 30, 50, "tecoa", "t")])
+    labels = [r["label"] for r in build_tables([str(a), str(b)])[0]["rows"]]
+    assert labels == ["TeCoA-LS (ε 0.1)", "TeCoA"]
+    assert [r["label"] for r in results.build_tables(results.load_runs([str(b)]))[0]["rows"]] == ["tecoa"]
 
 
 def test_table_through_tga_zsr_and_without_torch(tmp_path):
@@ -95,7 +116,7 @@ def test_table_through_tga_zsr_and_without_torch(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(EXPECTED)
     # the table builder itself never imports torch (it must start instantly)
-    check = "import sys, make_table; sys.exit(int('torch' in sys.modules))"
+    check = "import sys, results; sys.exit(int('torch' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", check], cwd=ROOT).returncode == 0
 
 
@@ -103,4 +124,4 @@ def test_no_results_says_what_to_do(tmp_path):
     import pytest
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="--eval_only --resume"):
-        make_table.main([str(tmp_path / "empty")])
+        results.table_main([str(tmp_path / "empty")])

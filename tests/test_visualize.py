@@ -35,7 +35,7 @@ def test_training_writes_loss_curve(run):
     # --max_steps 2 stops inside the first epoch: the curve is written when training stops too
     rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert {"loss", "ce", "ar", "amc", "lr"} <= set(rows[-1])
-    assert visualize.loss_terms(rows) == ["loss", "ce", "ar", "amc"]
+    assert plots.loss_terms(rows) == ["loss", "ce", "ar", "amc"]
     # 4 loss terms + LR = 5 panels: 3 columns x 2 rows of 3.4 x 2.6 in, +0.4 in for the title, 120 dpi
     assert same_size(png_size(run / "loss_curve.png"), (3 * 3.4, 2 * 2.6 + 0.4), 120)
 
@@ -53,7 +53,8 @@ def test_attention_grid_via_tga_zsr(run, tmp_path):
 def test_attention_rows_use_the_evaluation_attack(run):
     """The grid's PGD image is the evaluation's (same per-sample start), inside the ε-ball."""
     import datasets
-    from evaluate import attack_batch, frozen_params
+    from attacks import no_param_grad
+    from evaluate import attack_batch
     args = visualize.run_args(run)
     original, finetuned = visualize.load_models(run, args, torch.device("cpu"))
     data = datasets.get_dataset("synthetic_colors", "", "test")
@@ -63,7 +64,7 @@ def test_attention_rows_use_the_evaluation_attack(run):
     rows = visualize.attention_rows(original, finetuned, data, idx, settings, torch.device("cpu"))
     x = torch.stack([data.dataset[i][0] for i in idx])
     y = torch.tensor([data.dataset[i][1] for i in idx])
-    with frozen_params(finetuned):
+    with no_param_grad(finetuned):
         again = attack_batch(finetuned, x, y, torch.tensor(idx), finetuned.encode_text(data.prompts), settings)
     assert torch.equal(rows["adv"], again)
     assert rows["delta"].abs().max() <= 4 / 255 + 1e-6 and rows["delta"].abs().max() > 0
@@ -74,7 +75,7 @@ def test_attention_rows_use_the_evaluation_attack(run):
     assert not torch.allclose(rows["map_orig_adv"], rows["map_ft_adv"])
     assert torch.equal(rows["adv_orig"], rows["adv"])  # default: one PGD image for both models
     own = visualize.attention_rows(original, finetuned, data, idx, settings, torch.device("cpu"), attack_original=True)
-    with frozen_params(original):
+    with no_param_grad(original):
         expected = attack_batch(original, x, y, torch.tensor(idx), original.encode_text(data.prompts), settings)
     assert torch.equal(own["adv_orig"], expected) and not torch.equal(own["adv_orig"], own["adv"])
 
@@ -101,7 +102,8 @@ def test_original_model_is_the_runs_start_and_plot_errors_are_soft(tmp_path, mon
 def test_finetuned_model_reproduces_the_runs_clean_accuracy(run):
     """Text tower re-created from the seed + visual tower from last.pt = the evaluated model."""
     import datasets
-    from evaluate import evaluate_dataset, read_results
+    from evaluate import evaluate_dataset
+    from results import read_results
     _, finetuned = visualize.load_models(run, visualize.run_args(run), torch.device("cpu"))
     data = datasets.get_dataset("synthetic_colors", "", "test")
     text = finetuned.encode_text(data.prompts)
@@ -129,24 +131,24 @@ def test_trade_off_points_are_the_means_of_the_results(run, tmp_path):
     run_clean = sum(r["clean_acc"] for r in rows) / len(rows)
     run_robust = sum(r["robust_acc"] for r in rows) / len(rows)
 
-    points = visualize.trade_off_points([run, other])
+    points = plots.trade_off_points([run, other])
     assert [p["label"] for p in points] == ["TGA-ZSR", "TeCoA"]
     assert [(p["clean"], p["robust"]) for p in points] == [pytest.approx((run_clean, run_robust)),
                                                            pytest.approx((50.0, 25.0))]
     assert points[1]["eps"] == 1.0 and points[1]["datasets"] == ["a", "b"]
-    at4 = visualize.trade_off_points([other], eps=4)
+    at4 = plots.trade_off_points([other], eps=4)
     assert (at4[0]["clean"], at4[0]["robust"]) == (5.0, 1.0)
     with pytest.raises(SystemExit, match="no results"):
-        visualize.trade_off_points([other], eps=2)
+        plots.trade_off_points([other], eps=2)
 
-    fig = visualize.draw_trade_off(points)  # what the PNG shows: read back from the artist
+    fig = plots.draw_trade_off(points)  # what the PNG shows: read back from the artist
     offsets = fig.axes[0].collections[0].get_offsets()
     assert offsets.shape == (2, 2)
     assert offsets.ravel().tolist() == pytest.approx([run_clean, run_robust, 50.0, 25.0])
-    visualize.pyplot().close(fig)
+    plots.pyplot().close(fig)
 
     assert visualize.main(["--trade_off", str(run), str(other), "--out", str(tmp_path / "fig"), "--dpi", "60"]) == 0
-    assert same_size(png_size(tmp_path / "fig" / "trade_off.png"), visualize.TRADE_OFF_SIZE, 60)
+    assert same_size(png_size(tmp_path / "fig" / "trade_off.png"), plots.TRADE_OFF_SIZE, 60)
     assert (tmp_path / "fig" / "trade_off.pdf").stat().st_size > 1000
 
 
@@ -156,9 +158,9 @@ def test_loss_curve_reads_a_resumed_history(tmp_path):
             "ce": 9.0}, {"step": 4, "epoch": 0, "lr": 0.1, "loss": 2.0, "ce": 2.0}, {"step": 6, "epoch": 1, "lr": 0.05,
             "loss": 1.0, "ce": 1.0}]
     (tmp_path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 8, "lo')
-    hist = visualize.read_history(tmp_path)
+    hist = plots.read_history(tmp_path)
     assert [(r["step"], r["loss"]) for r in hist] == [(2, 3.0), (4, 2.0), (6, 1.0)]
-    path = visualize.plot_loss_curve(tmp_path, dpi=50)
+    path = plots.plot_loss_curve(tmp_path, dpi=50)
     assert same_size(png_size(path), (3 * 3.4, 2.6 + 0.4), 50)  # loss, ce, lr: one row of 3
 
 
@@ -166,7 +168,7 @@ def test_trade_off_of_a_whole_table_uses_a_legend():
     """More than LABELLED_POINTS methods: one legend entry per point, with its numbers, and
     distinct colours (11 points: the table of the mini benchmark)."""
     points = [{"label": f"M{i}", "clean": 60.0 + i, "robust": 40.0 + (i % 3)} for i in range(11)]
-    fig = visualize.draw_trade_off(points)
+    fig = plots.draw_trade_off(points)
     ax = fig.axes[0]
     assert ax.collections[0].get_offsets().shape == (11, 2)
     legend = ax.get_legend()
@@ -174,4 +176,4 @@ def test_trade_off_of_a_whole_table_uses_a_legend():
     colours = ax.collections[0].get_facecolors()
     assert len({tuple(c) for c in colours.tolist()}) == 11
     assert not ax.texts or all(t.get_text().startswith("avg") for t in ax.texts)  # no point labels
-    visualize.pyplot().close(fig)
+    plots.pyplot().close(fig)
