@@ -14,11 +14,9 @@ from pathlib import Path
 from PIL import Image
 from torchvision import transforms as T
 
+from datasets.catalog import DatasetError
+
 CLASSNAMES_DIR = Path(__file__).resolve().parent / "classnames"
-
-
-class DatasetError(RuntimeError):
-    """A dataset is missing or malformed; the message says where, what, and how to fix it."""
 
 
 def resize_center_crop(size: int = 224):
