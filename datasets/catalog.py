@@ -114,6 +114,8 @@ INFO: dict[str, DatasetInfo] = {
         "`--download SUN397` tries torchvision's download first"),
 }
 
+TEST_DATASETS = list(INFO)  # the 16 of SPEC §5 (tinyImageNet first), in table order
+
 
 def info(canonical: str) -> DatasetInfo:
     return INFO[canonical]

@@ -33,7 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from datasets import ZeroShotData, register
+from datasets.registry import ZeroShotData, register
 
 IMAGE_SIZE = 32
 SUPERSAMPLE = 2
