@@ -4,13 +4,14 @@ Builders (`tinyimagenet.py`, `torchvision_sets.py`, `world.py`, ...) import `reg
 `ZeroShotData`, `TEMPLATE` and `clean_name` from here and register themselves when the package
 imports them. This module imports only the leaves `catalog` and `labelled`, never the package,
 so imports flow one way: `datasets/__init__` -> builders -> registry -> leaves.
-Names are case-insensitive.
+Names are case-insensitive; an unknown name gets a did-you-mean suggestion.
 
     from datasets import get_dataset, check_dataset
     data = get_dataset("cifar10", root="./data", split="test")
 """
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -59,10 +60,12 @@ def register(name: str, *aliases: str):
 
 
 def canonical_name(name: str) -> str:
-    """The registered spelling of `name` (any case, any alias)."""
+    """The registered spelling of `name` (any case, any alias); DatasetError with a suggestion."""
     key = name.lower()
     if key not in _CANONICAL:
-        raise DatasetError(f"unknown dataset '{name}'. Known datasets: {', '.join(available())}")
+        close = difflib.get_close_matches(key, list(_CANONICAL), n=1)  # over names and aliases
+        hint = f" — did you mean {_CANONICAL[close[0]]}?" if close else "."
+        raise DatasetError(f"unknown dataset '{name}'{hint} Known datasets: {', '.join(available())}")
     return _CANONICAL[key]
 
 

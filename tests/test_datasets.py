@@ -132,6 +132,19 @@ def test_unknown_name_is_a_clear_error():
         D.get_dataset("imagenet21k", "/nonexistent")
 
 
+@pytest.mark.parametrize("typo, meant", [("Caltec101", "Caltech101"), ("CIFAR-1O", "cifar10"),
+                                         ("oxford pets", "oxfordpet"), ("world_colr", "world_colour")])
+def test_unknown_name_suggests_the_closest_dataset(typo, meant):
+    with pytest.raises(D.DatasetError, match=rf"^unknown dataset '{typo}' — did you mean {meant}\? Known datasets: "):
+        D.canonical_name(typo)
+
+
+def test_unknown_name_without_a_close_match_suggests_nothing():
+    with pytest.raises(D.DatasetError, match=r"^unknown dataset 'qqqq'\. Known datasets: .*Caltech101") as err:
+        D.canonical_name("qqqq")
+    assert "did you mean" not in str(err.value)
+
+
 @pytest.mark.parametrize("name", list(F.WRITERS))
 def test_missing_folder_names_path_layout_and_fix(tmp_path, name):
     with pytest.raises(D.DatasetError) as err:
