@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,6 +15,8 @@ import torch
 import datasets as D
 from datasets import prepare
 from tests import dataset_fixtures as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -272,3 +276,16 @@ def test_prepare_download_failure_is_clear(tmp_path, monkeypatch, capsys):
     rc = prepare.main(["--root", str(tmp_path), "--download", "tinyImageNet", "--decode", "1"])
     out = capsys.readouterr().out
     assert rc == 1 and "MISSING" in out and "failed" in out and "tiny-imagenet-200.zip" in out
+
+
+# ----------------------------------------------------------------------------- package structure
+def test_catalog_loads_without_torch():
+    """catalog.py (paths, sizes, TABLE_ORDER, DatasetError) can be read by torch-free tools."""
+    code = ("import importlib.util, sys\n"
+            "spec = importlib.util.spec_from_file_location('catalog', 'datasets/catalog.py')\n"
+            "m = sys.modules['catalog'] = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(m)\n"
+            "assert not {'torch', 'torchvision', 'PIL'} & set(sys.modules), 'catalog.py imports torch'\n"
+            "print(len(m.TABLE_ORDER))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == str(len(D.TABLE_ORDER)), out.stderr
