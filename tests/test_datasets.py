@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+import ast
+import importlib
 import os
 import shutil
 import subprocess
@@ -289,3 +291,41 @@ def test_catalog_loads_without_torch():
             "print(len(m.TABLE_ORDER))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == str(len(D.TABLE_ORDER)), out.stderr
+
+
+PACKAGE = os.path.join(ROOT, "datasets")
+MODULES = sorted(f[:-3] for f in os.listdir(PACKAGE) if f.endswith(".py"))
+# Top-level names that are this project's code: the packages and the scripts beside them.
+PROJECT = {f[:-3] for f in os.listdir(ROOT) if f.endswith(".py")} | {
+    d for d in os.listdir(ROOT) if os.path.isfile(os.path.join(ROOT, d, "__init__.py"))}
+
+
+def _imports(tree):
+    """(node, top-level?, modules named) for every import statement of a parsed module."""
+    top = {id(n) for n in tree.body}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield node, id(node) in top, [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = "." * node.level + (node.module or "")
+            yield node, id(node) in top, [base] if node.module else [f"{base}{a.name}" for a in node.names]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_imports_flow_one_way(module):
+    """No module of the package imports the package back (`import datasets`, `from datasets import
+    get_dataset`): they name a submodule (`from datasets.registry import register`), so the
+    package's __init__ can import them all without a cycle. __init__ may import its submodules.
+    Project modules are imported at the top of the file, never inside a function."""
+    importlib.import_module(f"datasets.{module}" if module != "__init__" else "datasets")
+    with open(os.path.join(PACKAGE, f"{module}.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    for node, top_level, names in _imports(tree):
+        where = f"datasets/{module}.py:{node.lineno}"
+        for name in names:
+            assert not name.startswith("."), f"{where}: relative import {name}; name the submodule"
+            project = name.split(".")[0] in PROJECT
+            assert top_level or not project, f"{where}: {name} imported inside a function or class"
+            if name == "datasets":
+                assert module == "__init__" and isinstance(node, ast.ImportFrom) and all(
+                    a.name in MODULES for a in node.names), f"{where}: imports the package datasets itself"
