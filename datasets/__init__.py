@@ -13,124 +13,25 @@ Public API:
     class_balanced_subset(data, n, seed) -> ZeroShotData              # --n_samples
     dataset_labels(torch_dataset) -> list[int]
     canonical_name(name), available(), clean_name(name), TEMPLATE, DatasetError
+    TEST_DATASETS (the 16 of SPEC §5), TABLE_ORDER (those, then the world sets: tables' order)
+
+The registry itself is `datasets/registry.py`; this file only imports the builders (each
+registers its datasets on import) and re-exports the API. No module of the package imports
+the package back: they import `datasets.registry`, `datasets.catalog`, ... directly.
 
     from datasets import get_dataset
     data = get_dataset("cifar10", root="./data", split="test")
     python -m datasets.prepare --root ./data --verify
 """
-from __future__ import annotations
+# Builders register themselves on import; this order is the order of `available()`.
+from datasets import synthetic, world  # noqa: F401
+from datasets import tinyimagenet, imagenet, torchvision_sets  # noqa: F401
+from datasets.catalog import TABLE_ORDER, TEST_DATASETS, DatasetError
+from datasets.labelled import Indexed, class_balanced_subset, dataset_labels
+from datasets.registry import (TEMPLATE, ZeroShotData, available, canonical_name, check_dataset, clean_name,
+                               get_dataset, register)
+from datasets.registry import _CANONICAL  # noqa: F401  (tests/eval_fixtures.py looks names up in it)
 
-from dataclasses import dataclass, field
-from typing import Callable
-
-import torch
-
-from datasets.common import DatasetError  # noqa: F401  (re-exported)
-
-TEMPLATE = "This is a photo of a {}"  # SPEC §5 "template": no final period
-
-
-def clean_name(name: str) -> str:
-    """SPEC §0/§5: lower-case, `_ - /` turned into spaces."""
-    for ch in "_-/":
-        name = name.replace(ch, " ")
-    return name.lower()
-
-
-@dataclass
-class ZeroShotData:
-    name: str
-    dataset: torch.utils.data.Dataset  # yields (image tensor [3, H, W] in [0, 1], int label)
-    classnames: list[str]
-    prompts: list[str]  # one prompt per class, in label order
-    root: str = ""
-    extra: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-
-_REGISTRY: dict[str, Callable] = {}
-_CANONICAL: dict[str, str] = {}
-
-
-def register(name: str, *aliases: str):
-    """Decorator: `@register("cifar10")` on `builder(root, split, transform) -> ZeroShotData`."""
-    def wrap(fn):
-        _REGISTRY[name] = fn
-        for a in (name, *aliases):
-            _CANONICAL[a.lower()] = name
-        return fn
-    return wrap
-
-
-def canonical_name(name: str) -> str:
-    key = name.lower()
-    if key not in _CANONICAL:
-        raise DatasetError(f"unknown dataset '{name}'. Known datasets: {', '.join(available())}")
-    return _CANONICAL[key]
-
-
-def available() -> list[str]:
-    return list(_REGISTRY)
-
-
-def get_dataset(name: str, root="./data", split: str = "test", transform=None) -> ZeroShotData:
-    """Build a dataset by (case-insensitive) name. `transform=None` picks the original one.
-
-    `split="test"` means the split SPEC §5 evaluates on (TinyImageNet/ImageNet val, the whole
-    set for EuroSAT, Caltech101/256 and SUN397)."""
-    from datasets.common import resolve_root
-    canon = canonical_name(name)
-    data = _REGISTRY[canon](resolve_root(root, canon), split, transform)
-    data.name = canon
-    return data
-
-
-def check_dataset(name: str, root="./data", split: str | None = None, decode: int = 1) -> dict:
-    """Fast pre-flight check: layout and annotation files, sample count, labels in range, and
-    `decode` images actually decoded. Raises DatasetError; returns a summary dict with
-    `complete` = whether count and class count match the full dataset (SPEC §5)."""
-    from datasets.catalog import INFO, expected_count
-    from datasets.common import resolve_root
-    canon = canonical_name(name)
-    path = resolve_root(root, canon)
-    if split is None:
-        split = INFO[canon].eval_split if canon in INFO else "test"
-    data = get_dataset(canon, path, split, transform=_tiny_transform())
-    labels = dataset_labels(data.dataset)
-    n, c = len(data.dataset), len(data.classnames)
-    if len(labels) != n or len(data.prompts) != c:
-        raise DatasetError(f"{canon}: {n} samples but {len(labels)} labels, {c} classes but "
-                           f"{len(data.prompts)} prompts (in {data.root})")
-    bad = [y for y in labels if not 0 <= y < c]
-    if bad:
-        raise DatasetError(f"{canon}: label {bad[0]} is outside 0..{c - 1} (in {data.root})")
-    for i in sorted({round(k * (n - 1) / max(decode - 1, 1)) for k in range(decode)} if n else []):
-        try:
-            img, _ = data.dataset[i]
-        except Exception as e:  # a truncated/corrupt file: say which dataset and sample
-            raise DatasetError(f"{canon}: sample {i} could not be decoded ({type(e).__name__}: {e}) "
-                               f"in {data.root}") from e
-        if tuple(img.shape[:1]) != (3,):
-            raise DatasetError(f"{canon}: sample {i} decoded to shape {tuple(img.shape)}, not 3 channels")
-    expected = expected_count(canon, split)
-    expected_c = INFO[canon].num_classes if canon in INFO else None
-    return {"name": canon, "split": split, "path": data.root, "count": n, "num_classes": c,
-            "expected_count": expected, "expected_classes": expected_c,
-            "complete": (expected is None or n == expected) and (expected_c is None or c == expected_c)}
-
-
-def _tiny_transform():
-    from torchvision import transforms as T
-    return T.Compose([T.Resize((8, 8)), T.ToTensor()])  # a check only needs the decode to work
-
-
-# Builders register themselves on import.
-from datasets import synthetic  # noqa: E402,F401
-from datasets import world  # noqa: E402,F401
-from datasets import tinyimagenet, imagenet, torchvision_sets  # noqa: E402,F401
-from datasets.labelled import Indexed, class_balanced_subset, dataset_labels  # noqa: E402,F401
-from datasets.catalog import INFO as _INFO  # noqa: E402
-
-TEST_DATASETS = list(_INFO)  # the 16 of SPEC §5 (tinyImageNet first), in table order
+__all__ = ["get_dataset", "check_dataset", "class_balanced_subset", "dataset_labels", "canonical_name",
+           "available", "clean_name", "TEMPLATE", "DatasetError", "ZeroShotData", "TEST_DATASETS", "TABLE_ORDER",
+           "register", "Indexed"]

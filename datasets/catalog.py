@@ -4,7 +4,8 @@ One entry per canonical dataset name. The folders follow torchvision's own conve
 what `torchvision.datasets.X(root, download=True)` writes is found as is; TinyImageNet and
 ImageNet follow the original code (`<root>/tiny-imagenet-200`, `<root>/ImageNet/val`).
 The builders, `check_dataset` and `python -m datasets.prepare` all read this table, so an
-error message, the prepare report and the loader never disagree.
+error message, the prepare report and the loader never disagree. The module needs no torch
+or PIL, which is why `DatasetError` is defined here and not in `common.py`.
 
     python -m datasets.prepare --root ./data --verify
     python -m datasets.prepare --root ./data --download cifar10 dtd tinyImageNet
@@ -14,7 +15,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from datasets.common import DatasetError
+
+class DatasetError(RuntimeError):
+    """A dataset is missing or malformed; the message says where, what, and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,15 @@ INFO: dict[str, DatasetInfo] = {
         "<root>/SUN397/ClassName.txt and <root>/SUN397/a/abbey/sun_*.jpg exist. "
         "`--download SUN397` tries torchvision's download first"),
 }
+
+TEST_DATASETS = list(INFO)  # the 16 of SPEC §5 (tinyImageNet first), in table order
+
+# The one order of datasets in results tables: the 16 test sets, then the mini world's sets in
+# the order of `datasets/world.py` SUITE (which also fixes their seeds; a test keeps the two
+# in step). Listed here, not imported, so that this module stays free of torch.
+WORLD_SETS = ["world_heldout", "world_shape", "world_colour", "world_texture", "world_size", "world_background",
+              "world_position"]
+TABLE_ORDER = TEST_DATASETS + WORLD_SETS
 
 
 def info(canonical: str) -> DatasetInfo:

@@ -1,5 +1,5 @@
 """Shared pieces of the dataset builders: the error type, the original transforms, RGB
-conversion, class-name files and root resolution.
+conversion and class-name files.
 
 The transforms are the original code's (SPEC §0/§5): `Resize(256) + CenterCrop(224)` for most
 sets and `Resize((224, 224))` for CIFAR and STL10, both PIL bilinear, then `ToTensor` so
@@ -8,17 +8,14 @@ grayscale and CMYK JPEGs, and torchvision's Caltech classes hand them over uncon
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from PIL import Image
 from torchvision import transforms as T
 
+from datasets.catalog import DatasetError
+
 CLASSNAMES_DIR = Path(__file__).resolve().parent / "classnames"
-
-
-class DatasetError(RuntimeError):
-    """A dataset is missing or malformed; the message says where, what, and how to fix it."""
 
 
 def resize_center_crop(size: int = 224):
@@ -77,19 +74,3 @@ def lower_clean(name: str, chars: str = "_-") -> str:
     for ch in chars:
         name = name.replace(ch, " ")
     return name
-
-
-def resolve_root(root, canonical: str) -> str:
-    """`root` may be a path or a dict `{canonical_name_or_alias: path, "default": path}`."""
-    if isinstance(root, (str, os.PathLike)):
-        return os.fspath(root)
-    if isinstance(root, dict):
-        from datasets import canonical_name  # late import: datasets imports this module
-        for key, value in root.items():
-            if key != "default" and canonical_name(key) == canonical:
-                return os.fspath(value)
-        if "default" in root:
-            return os.fspath(root["default"])
-        raise DatasetError(f"no root given for dataset '{canonical}': the root dict has neither "
-                           f"'{canonical}' nor 'default' (keys: {sorted(root)})")
-    raise TypeError(f"root must be a path or a dict, not {type(root).__name__}")

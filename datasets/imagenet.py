@@ -22,10 +22,10 @@ import os
 
 from torchvision.datasets.folder import default_loader
 
-from datasets import TEMPLATE, ZeroShotData, clean_name, register
-from datasets.catalog import missing
-from datasets.common import DatasetError, read_wnid_names, resize_center_crop, rgb_first
+from datasets.catalog import DatasetError, missing
+from datasets.common import read_wnid_names, resize_center_crop, rgb_first
 from datasets.labelled import LabelledFiles
+from datasets.registry import TEMPLATE, ZeroShotData, clean_name, register
 
 NAME = "ImageNet"
 FOLDER = "ImageNet"

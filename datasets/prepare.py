@@ -23,8 +23,11 @@ import argparse
 import os
 import sys
 
-from datasets import TEST_DATASETS, DatasetError, canonical_name, check_dataset
-from datasets.catalog import INFO, prepare_hint
+import torchvision.datasets as tvd
+
+from datasets.catalog import INFO, TEST_DATASETS, DatasetError, prepare_hint
+from datasets.registry import canonical_name, check_dataset
+from datasets.tinyimagenet import URL as TINY_URL, download as download_tinyimagenet
 
 TORCHVISION_DOWNLOAD = {
     # canonical name -> list of (torchvision class name, kwargs) whose download=True fetches it
@@ -48,16 +51,14 @@ TORCHVISION_DOWNLOAD = {
 def download(name: str, root: str) -> str | None:
     """Fetch one dataset; returns None on success, else a message saying why and what to do."""
     if name == "tinyImageNet":
-        from datasets.tinyimagenet import URL, download as tiny_download
         try:
-            tiny_download(root)
+            download_tinyimagenet(root)
             return None
         except Exception as e:  # urllib's URLError, socket timeout, md5 mismatch, bad zip ...
-            return (f"download of {URL} failed ({type(e).__name__}: {e}). No internet? Download the zip "
+            return (f"download of {TINY_URL} failed ({type(e).__name__}: {e}). No internet? Download the zip "
                     f"elsewhere, put it at {os.path.join(root, 'tiny-imagenet-200.zip')} and re-run this command")
     if name not in TORCHVISION_DOWNLOAD:
         return f"{name} cannot be downloaded automatically (see 'how to fix' above)"
-    import torchvision.datasets as tvd
     os.makedirs(root, exist_ok=True)
     try:
         for cls, kwargs in TORCHVISION_DOWNLOAD[name]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from datasets import TEMPLATE, ZeroShotData, register
+from datasets.registry import TEMPLATE, ZeroShotData, register
 
 COLOURS = {
     "red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.1, 0.2, 0.9), "yellow": (0.95, 0.9, 0.1),

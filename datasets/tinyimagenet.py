@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import urllib.request
 import zipfile
 
 from torchvision.datasets.folder import default_loader
 
-from datasets import TEMPLATE, ZeroShotData, clean_name, register
-from datasets.catalog import missing
-from datasets.common import DatasetError, read_wnid_names, resize_center_crop, rgb_first
+from datasets.catalog import DatasetError, missing
+from datasets.common import read_wnid_names, resize_center_crop, rgb_first
 from datasets.labelled import LabelledFiles
+from datasets.registry import TEMPLATE, ZeroShotData, clean_name, register
 
 NAME = "tinyImageNet"
 FOLDER = "tiny-imagenet-200"
@@ -148,9 +149,7 @@ def build(root, split="val", transform=None) -> ZeroShotData:
 
 def download(root: str) -> None:
     """Download the official zip with a progress bar, check its md5, extract it in place."""
-    import urllib.request
-
-    from tqdm import tqdm
+    from tqdm import tqdm  # optional: only downloads need it
 
     base = os.path.join(root, FOLDER)
     if os.path.isdir(os.path.join(base, "train")) and os.path.isdir(os.path.join(base, "val")):

@@ -27,12 +27,12 @@ import pickle
 import re
 
 import torchvision.datasets as tvd
+from torchvision.datasets.folder import default_loader
 
-from datasets import TEMPLATE, ZeroShotData, clean_name, register
-from datasets.catalog import INFO, missing
-from datasets.common import (DatasetError, lower_clean, read_lines, resize_center_crop, resize_square,
-                             rgb_first)
+from datasets.catalog import INFO, DatasetError, missing
+from datasets.common import lower_clean, read_lines, resize_center_crop, resize_square, rgb_first
 from datasets.labelled import LabelledFiles
+from datasets.registry import TEMPLATE, ZeroShotData, clean_name, register
 
 WHOLE_SET = ("all", "test", "val", "whole")
 
@@ -246,7 +246,6 @@ class _CaltechFiles:
         return len(self._files)
 
     def __getitem__(self, i):
-        from torchvision.datasets.folder import default_loader
         img = default_loader(self._files[i])
         img = self.transform(img) if self.transform is not None else img
         y = self.y[i]
@@ -272,7 +271,6 @@ class Caltech256Files(_CaltechFiles, tvd.Caltech256):
 def _caltech101_without_background(folder: str, transform):
     """Without BACKGROUND_Google torchvision's constructor fails (`categories.remove`); list
     the same categories ourselves."""
-    from torchvision.datasets.folder import default_loader
     cats = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
     samples = [(os.path.join(folder, c, f), i) for i, c in enumerate(cats)
                for f in sorted(os.listdir(os.path.join(folder, c))) if f.lower().endswith(".jpg")]
@@ -323,8 +321,7 @@ def _cars_from_cars_annos(root: str, split: str, transform):
     """The all-in-one release the original code reads: stanford_cars/cars_annos.mat (fields
     relative_im_path 'car_ims/000001.jpg', class (1-based), test (0/1); plus class_names)
     and stanford_cars/car_ims/. Same classes and split as torchvision's layout."""
-    import scipy.io
-    from torchvision.datasets.folder import default_loader
+    import scipy.io  # optional: only this release format needs scipy (as torchvision's StanfordCars)
     base = os.path.join(root, "stanford_cars")
     mat = scipy.io.loadmat(os.path.join(base, "cars_annos.mat"), squeeze_me=True)
     want_test = split == "test"

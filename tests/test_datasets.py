@@ -4,8 +4,12 @@
 """
 from __future__ import annotations
 
+import ast
+import importlib
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,6 +17,8 @@ import torch
 import datasets as D
 from datasets import prepare
 from tests import dataset_fixtures as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +136,19 @@ def test_tinyimagenet_val_without_train_uses_wnids_txt(tmp_path):
 def test_unknown_name_is_a_clear_error():
     with pytest.raises(D.DatasetError, match="unknown dataset 'imagenet21k'.*Known datasets"):
         D.get_dataset("imagenet21k", "/nonexistent")
+
+
+@pytest.mark.parametrize("typo, meant", [("Caltec101", "Caltech101"), ("CIFAR-1O", "cifar10"),
+                                         ("oxford pets", "oxfordpet"), ("world_colr", "world_colour")])
+def test_unknown_name_suggests_the_closest_dataset(typo, meant):
+    with pytest.raises(D.DatasetError, match=rf"^unknown dataset '{typo}' — did you mean {meant}\? Known datasets: "):
+        D.canonical_name(typo)
+
+
+def test_unknown_name_without_a_close_match_suggests_nothing():
+    with pytest.raises(D.DatasetError, match=r"^unknown dataset 'qqqq'\. Known datasets: .*Caltech101") as err:
+        D.canonical_name("qqqq")
+    assert "did you mean" not in str(err.value)
 
 
 @pytest.mark.parametrize("name", list(F.WRITERS))
@@ -259,3 +278,54 @@ def test_prepare_download_failure_is_clear(tmp_path, monkeypatch, capsys):
     rc = prepare.main(["--root", str(tmp_path), "--download", "tinyImageNet", "--decode", "1"])
     out = capsys.readouterr().out
     assert rc == 1 and "MISSING" in out and "failed" in out and "tiny-imagenet-200.zip" in out
+
+
+# ----------------------------------------------------------------------------- package structure
+def test_catalog_loads_without_torch():
+    """catalog.py (paths, sizes, TABLE_ORDER, DatasetError) can be read by torch-free tools."""
+    code = ("import importlib.util, sys\n"
+            "spec = importlib.util.spec_from_file_location('catalog', 'datasets/catalog.py')\n"
+            "m = sys.modules['catalog'] = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(m)\n"
+            "assert not {'torch', 'torchvision', 'PIL'} & set(sys.modules), 'catalog.py imports torch'\n"
+            "print(len(m.TABLE_ORDER))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == str(len(D.TABLE_ORDER)), out.stderr
+
+
+PACKAGE = os.path.join(ROOT, "datasets")
+MODULES = sorted(f[:-3] for f in os.listdir(PACKAGE) if f.endswith(".py"))
+# Top-level names that are this project's code: the packages and the scripts beside them.
+PROJECT = {f[:-3] for f in os.listdir(ROOT) if f.endswith(".py")} | {
+    d for d in os.listdir(ROOT) if os.path.isfile(os.path.join(ROOT, d, "__init__.py"))}
+
+
+def _imports(tree):
+    """(node, top-level?, modules named) for every import statement of a parsed module."""
+    top = {id(n) for n in tree.body}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield node, id(node) in top, [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = "." * node.level + (node.module or "")
+            yield node, id(node) in top, [base] if node.module else [f"{base}{a.name}" for a in node.names]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_imports_flow_one_way(module):
+    """No module of the package imports the package back (`import datasets`, `from datasets import
+    get_dataset`): they name a submodule (`from datasets.registry import register`), so the
+    package's __init__ can import them all without a cycle. __init__ may import its submodules.
+    Project modules are imported at the top of the file, never inside a function."""
+    importlib.import_module(f"datasets.{module}" if module != "__init__" else "datasets")
+    with open(os.path.join(PACKAGE, f"{module}.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    for node, top_level, names in _imports(tree):
+        where = f"datasets/{module}.py:{node.lineno}"
+        for name in names:
+            assert not name.startswith("."), f"{where}: relative import {name}; name the submodule"
+            project = name.split(".")[0] in PROJECT
+            assert top_level or not project, f"{where}: {name} imported inside a function or class"
+            if name == "datasets":
+                assert module == "__init__" and isinstance(node, ast.ImportFrom) and all(
+                    a.name in MODULES for a in node.names), f"{where}: imports the package datasets itself"

@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets import available, get_dataset  # noqa: E402
+from datasets import TABLE_ORDER, TEST_DATASETS, available, get_dataset  # noqa: E402
 from datasets.world import (ATTRIBUTES, BACKGROUNDS, COLOUR_NAMES, COLOURS, HELDOUT_COMBOS, POSITIONS,  # noqa: E402
                             PREFIXES, SHAPES, SIZE_NAMES, SUITE, TEXTURES, TRAIN_COMBOS, WORLD_TEST_SETS, DIAGNOSTIC_SETS,
                             _backgrounds, allowed_combos, caption, minimal_pairs, random_mentions, render,
@@ -156,6 +156,13 @@ def test_suite_registered_fixed_and_balanced():
         assert h.classnames[lab] == f"{COLOUR_NAMES[c]} {SHAPES[s]}"
     assert {b for b in BACKGROUNDS}  # background labels are phrases, e.g. "on grass"
     assert get_dataset("world_background").classnames[0] == "on grass"
+
+
+def test_table_order_is_the_test_sets_then_the_suite():
+    # catalog.py lists the world sets without importing world.py (no torch there): keep them in step
+    assert TABLE_ORDER == TEST_DATASETS + [n for n in SUITE if n != "world_train"]
+    assert set(WORLD_TEST_SETS + DIAGNOSTIC_SETS) == set(TABLE_ORDER[len(TEST_DATASETS):])
+    assert len(TEST_DATASETS) == 16 and set(TABLE_ORDER) <= set(available())
 
 
 def zero_shot_bar(num_classes: int) -> float:

@@ -1,0 +1,134 @@
+"""The dataset registry: name -> builder, name resolution, `get_dataset` and `check_dataset`.
+
+Builders (`tinyimagenet.py`, `torchvision_sets.py`, `world.py`, ...) import `register`,
+`ZeroShotData`, `TEMPLATE` and `clean_name` from here and register themselves when the package
+imports them. This module imports only the leaves `catalog` and `labelled`, never the package,
+so imports flow one way: `datasets/__init__` -> builders -> registry -> leaves.
+Names are case-insensitive; an unknown name gets a did-you-mean suggestion.
+
+    from datasets import get_dataset, check_dataset
+    data = get_dataset("cifar10", root="./data", split="test")
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torchvision import transforms as T
+
+from datasets.catalog import INFO, DatasetError, expected_count
+from datasets.labelled import dataset_labels
+
+TEMPLATE = "This is a photo of a {}"  # SPEC §5 "template": no final period
+
+
+def clean_name(name: str) -> str:
+    """SPEC §0/§5: lower-case, `_ - /` turned into spaces."""
+    for ch in "_-/":
+        name = name.replace(ch, " ")
+    return name.lower()
+
+
+@dataclass
+class ZeroShotData:
+    name: str
+    dataset: torch.utils.data.Dataset  # yields (image tensor [3, H, W] in [0, 1], int label)
+    classnames: list[str]
+    prompts: list[str]  # one prompt per class, in label order
+    root: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+_REGISTRY: dict[str, Callable] = {}
+_CANONICAL: dict[str, str] = {}  # lower-cased name or alias -> canonical name
+
+
+def register(name: str, *aliases: str):
+    """Decorator: `@register("cifar10")` on `builder(root, split, transform) -> ZeroShotData`."""
+    def wrap(fn):
+        _REGISTRY[name] = fn
+        for a in (name, *aliases):
+            _CANONICAL[a.lower()] = name
+        return fn
+    return wrap
+
+
+def canonical_name(name: str) -> str:
+    """The registered spelling of `name` (any case, any alias); DatasetError with a suggestion."""
+    key = name.lower()
+    if key not in _CANONICAL:
+        close = difflib.get_close_matches(key, list(_CANONICAL), n=1)  # over names and aliases
+        hint = f" — did you mean {_CANONICAL[close[0]]}?" if close else "."
+        raise DatasetError(f"unknown dataset '{name}'{hint} Known datasets: {', '.join(available())}")
+    return _CANONICAL[key]
+
+
+def available() -> list[str]:
+    return list(_REGISTRY)
+
+
+def resolve_root(root, canonical: str) -> str:
+    """`root` may be a path or a dict `{canonical_name_or_alias: path, "default": path}`."""
+    if isinstance(root, (str, os.PathLike)):
+        return os.fspath(root)
+    if isinstance(root, dict):
+        for key, value in root.items():
+            if key != "default" and canonical_name(key) == canonical:
+                return os.fspath(value)
+        if "default" in root:
+            return os.fspath(root["default"])
+        raise DatasetError(f"no root given for dataset '{canonical}': the root dict has neither "
+                           f"'{canonical}' nor 'default' (keys: {sorted(root)})")
+    raise TypeError(f"root must be a path or a dict, not {type(root).__name__}")
+
+
+def get_dataset(name: str, root="./data", split: str = "test", transform=None) -> ZeroShotData:
+    """Build a dataset by (case-insensitive) name. `transform=None` picks the original one.
+
+    `split="test"` means the split SPEC §5 evaluates on (TinyImageNet/ImageNet val, the whole
+    set for EuroSAT, Caltech101/256 and SUN397)."""
+    canon = canonical_name(name)
+    data = _REGISTRY[canon](resolve_root(root, canon), split, transform)
+    data.name = canon
+    return data
+
+
+def check_dataset(name: str, root="./data", split: str | None = None, decode: int = 1) -> dict:
+    """Fast pre-flight check: layout and annotation files, sample count, labels in range, and
+    `decode` images actually decoded. Raises DatasetError; returns a summary dict with
+    `complete` = whether count and class count match the full dataset (SPEC §5)."""
+    canon = canonical_name(name)
+    path = resolve_root(root, canon)
+    if split is None:
+        split = INFO[canon].eval_split if canon in INFO else "test"
+    data = get_dataset(canon, path, split, transform=_TINY_TRANSFORM)
+    labels = dataset_labels(data.dataset)
+    n, c = len(data.dataset), len(data.classnames)
+    if len(labels) != n or len(data.prompts) != c:
+        raise DatasetError(f"{canon}: {n} samples but {len(labels)} labels, {c} classes but "
+                           f"{len(data.prompts)} prompts (in {data.root})")
+    bad = [y for y in labels if not 0 <= y < c]
+    if bad:
+        raise DatasetError(f"{canon}: label {bad[0]} is outside 0..{c - 1} (in {data.root})")
+    for i in sorted({round(k * (n - 1) / max(decode - 1, 1)) for k in range(decode)} if n else []):
+        try:
+            img, _ = data.dataset[i]
+        except Exception as e:  # a truncated/corrupt file: say which dataset and sample
+            raise DatasetError(f"{canon}: sample {i} could not be decoded ({type(e).__name__}: {e}) "
+                               f"in {data.root}") from e
+        if tuple(img.shape[:1]) != (3,):
+            raise DatasetError(f"{canon}: sample {i} decoded to shape {tuple(img.shape)}, not 3 channels")
+    expected = expected_count(canon, split)
+    expected_c = INFO[canon].num_classes if canon in INFO else None
+    return {"name": canon, "split": split, "path": data.root, "count": n, "num_classes": c,
+            "expected_count": expected, "expected_classes": expected_c,
+            "complete": (expected is None or n == expected) and (expected_c is None or c == expected_c)}
+
+
+_TINY_TRANSFORM = T.Compose([T.Resize((8, 8)), T.ToTensor()])  # a check only needs the decode to work
