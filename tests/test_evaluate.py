@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+import attacks
 import evaluate
 import results
 import tga_zsr
@@ -151,24 +152,24 @@ def test_results_rows_and_resume_after_interruption(tmp_path, monkeypatch):
     assert full_rows[0]["checkpoint"] == "pretrained:none" and full_rows[0]["precision"] == "fp32"
 
     # a kill during the second dataset: the first is on disk, the second is not
-    real = tga_zsr.evaluate_dataset
+    real = evaluate.evaluate_dataset
 
     def dies_on_second(model, data, *a, **kw):
         if data.name == "test_tiny5":
             raise KeyboardInterrupt
         return real(model, data, *a, **kw)
 
-    monkeypatch.setattr(tga_zsr, "evaluate_dataset", dies_on_second)
+    monkeypatch.setattr(evaluate, "evaluate_dataset", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
         _eval_cli(tmp_path, "cut", sets)
     cut_path = tmp_path / "cut" / "results.jsonl"
     assert [r["dataset"] for r in _rows(cut_path)] == ["test_tiny3"]
     with open(cut_path, "a") as f:  # and a line half written when the process died
         f.write('{"dataset": "test_tiny5", "n": 10, "clean_')
-    monkeypatch.setattr(tga_zsr, "evaluate_dataset", real)
+    monkeypatch.setattr(evaluate, "evaluate_dataset", real)
 
     calls = []
-    monkeypatch.setattr(tga_zsr, "evaluate_dataset", lambda m, d, *a, **kw: calls.append(d.name) or real(m, d, *a, **kw))
+    monkeypatch.setattr(evaluate, "evaluate_dataset", lambda m, d, *a, **kw: calls.append(d.name) or real(m, d, *a, **kw))
     assert _eval_cli(tmp_path, "cut", sets) == 0
     assert calls == ["test_tiny5"], "only the unfinished dataset is evaluated again"
     assert [r["dataset"] for r in evaluate.read_results(cut_path)] == sets

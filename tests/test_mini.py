@@ -2,7 +2,7 @@
 the bundled tiny-world CLIP on world_train makes it more robust on world test sets it never saw,
 and TGA-ZSR keeps more of its clean accuracy than TeCoA does (or nearly as much).
 
-The runs are the mini config (configs/mini.yaml, main.sh's mini learning rates) shortened to
+The runs are the mini config (configs/mini.yaml, each method's mini learning rate) shortened to
 SHORT below: one epoch, a class-balanced subset of each test set. About 40 s on 2 cores.
 
     python -m pytest tests/test_mini.py -q
@@ -19,8 +19,6 @@ from results import read_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CKPT = os.path.join(ROOT, "checkpoints", "tiny-world-clip.pt")
-# The learning rates main.sh gives these methods in the mini benchmark (paper rate × 100).
-MINI_LR = {"TeCoA": 1e-3, "TGA-ZSR": 1e-2}
 SHORT = ["-c", os.path.join(ROOT, "configs", "mini.yaml"), "--device", "cpu", "--epochs", "1",
          "--n_samples", "96", "--seed", "0"]  # 96 class-balanced images per test set
 
@@ -40,16 +38,20 @@ def mini_runs(tmp_path_factory):
     runs = {}
     for method in ("CLIP", "TeCoA", "TGA-ZSR"):
         argv = SHORT + ["--Method", method, "--output_dir", str(out), "--name", method]
-        if method in MINI_LR:
-            argv += ["--learning_rate", str(MINI_LR[method])]
         assert tga_zsr.main(argv) == 0
         runs[method] = means(out / method)
     return runs
 
 
-def test_main_sh_mini_learning_rates_match():
-    text = open(os.path.join(ROOT, "main.sh")).read()
-    assert "MINI_LR_FACTOR=100" in text and "[tecoa]=1e-5" in text and "[tga_zsr]=1e-4" in text
+def test_mini_learning_rates_are_the_paper_rates_times_100():
+    """configs/mini.yaml sets --mini_lr: each method's configs/<name>.yaml rate × 100 (methods.py),
+    rounded as a decimal (1e-5 × 100 is 1e-3 exactly, not 0.0010000000000000002)."""
+    from params import mini_learning_rate, parse_args
+    assert (mini_learning_rate("TeCoA"), mini_learning_rate("TGA-ZSR"), mini_learning_rate("PMG-AFT")) == \
+        (1e-3, 1e-2, 5e-3)
+    assert mini_learning_rate("tecoa_vpt") == 0.4                      # its own rate (prompt tokens)
+    assert parse_args(SHORT + ["--Method", "TeCoA"]).learning_rate == 1e-3
+    assert parse_args(SHORT + ["--Method", "TeCoA", "--learning_rate", "0.5"]).learning_rate == 0.5  # CLI wins
 
 
 # Measured with exactly these runs (seed 0, 2 threads, 2026-11-22): CLIP clean 81.25 / robust

@@ -5,9 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
+import plots
 import tga_zsr
 import visualize
 from checkpoint import load_file
+from methods import method_label
 
 SMOKE = ["-c", "configs/synthetic.yaml", "--device", "cpu", "--test_numsteps", "2", "--testdata", "synthetic_colors"]
 
@@ -85,7 +87,7 @@ def test_original_model_is_the_runs_start_and_plot_errors_are_soft(tmp_path, mon
     (same seed, same build as tga_zsr.main). A failing loss-curve plot only warns."""
     def broken(*a, **k):
         raise RuntimeError("plotting exploded")
-    monkeypatch.setattr(visualize, "plot_loss_curve", broken)
+    monkeypatch.setattr(tga_zsr, "plot_loss_curve", broken)
     assert tga_zsr.main(SMOKE + ["--max_steps", "1", "--no_eval", "--learning_rate", "0", "--output_dir",
                                  str(tmp_path), "--name", "lr0"]) == 0
     assert "loss curve not written (RuntimeError: plotting exploded)" in capsys.readouterr().out
@@ -131,7 +133,7 @@ def test_trade_off_points_are_the_means_of_the_results(run, tmp_path):
     run_clean = sum(r["clean_acc"] for r in rows) / len(rows)
     run_robust = sum(r["robust_acc"] for r in rows) / len(rows)
 
-    points = plots.trade_off_points([run, other])
+    points = plots.trade_off_points([run, other], label_of=method_label)  # as visualize.main passes it
     assert [p["label"] for p in points] == ["TGA-ZSR", "TeCoA"]
     assert [(p["clean"], p["robust"]) for p in points] == [pytest.approx((run_clean, run_robust)),
                                                            pytest.approx((50.0, 25.0))]
