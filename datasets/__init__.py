@@ -30,7 +30,6 @@ from datasets.catalog import TABLE_ORDER, TEST_DATASETS, DatasetError
 from datasets.labelled import Indexed, class_balanced_subset, dataset_labels
 from datasets.registry import (TEMPLATE, ZeroShotData, available, canonical_name, check_dataset, clean_name,
                                get_dataset, register)
-from datasets.registry import _CANONICAL  # noqa: F401  (tests/eval_fixtures.py looks names up in it)
 
 __all__ = ["get_dataset", "check_dataset", "class_balanced_subset", "dataset_labels", "canonical_name",
            "available", "clean_name", "TEMPLATE", "DatasetError", "ZeroShotData", "TEST_DATASETS", "TABLE_ORDER",

@@ -133,26 +133,29 @@ def build_stl10(root, split="test", transform=None):
     return data("STL10", root, ds, classes, [TEMPLATE.format(clean_name(c)) for c in classes])
 
 
-# --------------------------------------------------------------------------- folder + split-file sets
+def _split_file_set(canonical, root, split, transform, splits, files, tv_class, template):
+    """A torchvision set of images + per-split file lists (Food101, Oxford pets): the files checked,
+    the set built, one prompt per class (`template` over the lower-cased torchvision names)."""
+    check_split(canonical, split, splits)
+    require(canonical, root, *(f.format(split=split) for f in files))
+    with torchvision_errors(canonical, root):
+        ds = tv_class(root, split=split, transform=_or(transform, resize_center_crop))
+    return data(canonical, root, ds, ds.classes, [template.format(lower_clean(c)) for c in ds.classes])
+
+
 @register("Food101", "food-101", "food_101")
 def build_food101(root, split="test", transform=None):
-    check_split("Food101", split, ("train", "test"))
-    require("Food101", root, "food-101/images", f"food-101/meta/{split}.json")
-    with torchvision_errors("Food101", root):
-        ds = tvd.Food101(root, split=split, transform=_or(transform, resize_center_crop))
-    prompts = ["A photo of {}, a type of food.".format(lower_clean(c)) for c in ds.classes]
-    return data("Food101", root, ds, ds.classes, prompts)
+    return _split_file_set("Food101", root, split, transform, ("train", "test"),
+                           ("food-101/images", "food-101/meta/{split}.json"), tvd.Food101,
+                           "A photo of {}, a type of food.")
 
 
 @register("oxfordpet", "oxford_pets", "oxford-pets", "oxfordpets", "oxford_iiit_pet", "oxford-iiit-pet", "pets")
 def build_oxfordpet(root, split="test", transform=None):
-    check_split("oxfordpet", split, ("trainval", "test"))
-    require("oxfordpet", root, "oxford-iiit-pet/images", f"oxford-iiit-pet/annotations/{split}.txt")
-    with torchvision_errors("oxfordpet", root):
-        ds = tvd.OxfordIIITPet(root, split=split, transform=_or(transform, resize_center_crop))
     # torchvision names are "American Bulldog"-style; the original lower-cases them.
-    prompts = ["A photo of a {}, a type of pet.".format(lower_clean(c)) for c in ds.classes]
-    return data("oxfordpet", root, ds, ds.classes, prompts)
+    return _split_file_set("oxfordpet", root, split, transform, ("trainval", "test"),
+                           ("oxford-iiit-pet/images", "oxford-iiit-pet/annotations/{split}.txt"),
+                           tvd.OxfordIIITPet, "A photo of a {}, a type of pet.")
 
 
 class Flowers102Files(tvd.Flowers102):

@@ -38,6 +38,6 @@ def register_tiny_sets() -> None:
     """`test_tiny3` (3 classes, 6 images) and `test_tiny5` (5 classes, 10 images) in the registry."""
     for classes, n in ((3, 6), (5, 10)):
         name = f"test_tiny{classes}"
-        if name.lower() not in ds_registry._CANONICAL:
+        if name not in ds_registry.available():
             ds_registry.register(name)(lambda root, split, transform=None, c=classes, k=n, nm=name:
                                        tiny_data(k, c, seed=c, name=nm))
