@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attention import (attention_grid, map_distance, map_distance_explicit, text_guided_attention,
+from attention import (DISTANCES, attention_grid, map_distance, map_distance_explicit, text_guided_attention,
                        upsample_map)
 
 
@@ -99,3 +99,27 @@ def test_l2_is_order_ten_for_typical_maps():
     torch.manual_seed(0)
     a, b = torch.rand(4, 1, 7, 7), torch.rand(4, 1, 7, 7)
     assert 10 < map_distance(a, b, "l2", 224).item() < 200
+
+
+def test_maps_and_distances_are_fp32_under_autocast():
+    """Under (CPU bf16) autocast the maps and both distances equal their fp32 values. Autocast
+    re-casts the inputs of `bmm` / `@` to bf16 (8-bit mantissa), so casting the inputs to fp32 is
+    not enough: the computation must run with autocast off. Without that, the map is off by 7e-3
+    and the Gram-shortcut l2 / cos distances by 1e-3 / 2e-4 relative (measured on this data)."""
+    torch.manual_seed(0)
+    tokens = torch.randn(4, 50, 64)
+    text = F.normalize(torch.randn(4, 64), dim=-1)
+    a, b = attention_grid(tokens, text), torch.rand(4, 1, 7, 7)
+    fns = (map_distance, map_distance_explicit)
+    want = {(fn, m): fn(a, b, m, 224).item() for fn in fns for m in DISTANCES}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got_map = attention_grid(tokens, text)
+        got = {(fn, m): fn(a, b, m, 224) for fn in fns for m in DISTANCES}
+    # The same fp32 operations in the same order as without autocast: equal in practice. 1e-6 is
+    # fp32 roundoff (6e-8) times the ~16 terms a reordered reduction could change, and 1/7000 of the
+    # bf16 error of the map.
+    assert got_map.dtype == torch.float32 and (got_map - a).abs().max().item() <= 1e-6
+    for (fn, m), d in got.items():
+        assert d.dtype == torch.float32
+        # rel 1e-6: ~16 fp32 roundoffs; 1/200 of the smallest bf16 error above (cos, 2e-4)
+        assert d.item() == pytest.approx(want[fn, m], rel=1e-6), (fn.__name__, m)
