@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from attacks import no_param_grad, pgd
 from losses import (fare_embedding_loss, ft_loss, gradcam_tga_loss, pmg_aft_loss, tga_zsr_loss,
-                    tima_loss)
+                    tima_loss, pmg_aft_attack_objective)
 
 
 @dataclass
@@ -196,7 +196,8 @@ def ft_adv_step(ctx: StepContext, x, y, idx=None):
 @register("pmg_aft", "PMG-AFT", "PMG", "PMGAFT", needs_frozen=True)
 def pmg_aft_step(ctx: StepContext, x, y, idx=None):
     """PMG-AFT (SPEC §4): CE + KL to the frozen model on x_adv + KL to the trained model on x."""
-    x_adv = x if ctx.args.VPbaseline else train_pgd(ctx, x, y)
+    attack = pmg_aft_attack_objective(ctx.model, y, ctx.text_features)  # temperature 1, as the loss
+    x_adv = x if ctx.args.VPbaseline else train_pgd(ctx, x, y, objective=attack)
     return pmg_aft_loss(ctx.model, ctx.frozen, x, x_adv, y, ctx.text_features)
 
 

@@ -106,6 +106,42 @@ def test_pmg_aft_reductions_and_temperature(tiny_model):
     assert out["loss"].requires_grad
 
 
+def test_pmg_aft_attack_ascends_the_temperature_one_ce(tiny_model, monkeypatch):
+    """PMG-AFT's inner PGD ascends the CE of the raw cosines `norm(f(x + δ)) · Tᵀ` (SPEC §4), the
+    logits of its own loss, not the ×100 logits of §0: the step's x_adv is PGD on that CE, written
+    out here (uniform start, sign steps, clip to the ε-ball and to [0, 1])."""
+    model = tiny_model
+    args = parse_args(["--Method", "PMG-AFT", "--train_eps", "4", "--train_stepsize", "1", "--train_numsteps", "3"])
+    ctx = methods.StepContext(model=model, text_features=text_of(model), args=args, frozen=model.frozen_image_tower())
+    x, y = batch()
+    T, eps, alpha = ctx.text_features, 4 / 255, 1 / 255
+    seen = {}
+    real_loss = methods.pmg_aft_loss
+
+    def spy(model_, frozen, x_, x_adv, *rest):
+        seen["x_adv"] = x_adv
+        return real_loss(model_, frozen, x_, x_adv, *rest)
+    monkeypatch.setattr(methods, "pmg_aft_loss", spy)
+    torch.manual_seed(0)
+    methods.get_method("pmg_aft").step(ctx, x, y)
+
+    def hand_pgd(scale):
+        torch.manual_seed(0)
+        delta = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1) - x
+        for _ in range(3):
+            delta.requires_grad_(True)
+            cos = F.normalize(model.image_features(x + delta), dim=-1) @ T.t()
+            (g,) = torch.autograd.grad(F.cross_entropy(scale * cos, y), delta)
+            delta = (x + (delta.detach() + alpha * g.sign()).clamp(-eps, eps)).clamp(0, 1) - x
+        return x + delta
+    model.visual.requires_grad_(False)  # as in the step's attack: the same attention kernels
+    want, hundred = hand_pgd(1.0), hand_pgd(100.0)
+    # A gradient entry within roundoff of 0 may take the other sign (the attack computes without
+    # oneDNN): allow 1 pixel in 1000 to differ; the ×100 objective moves far more (checked below).
+    assert (seen["x_adv"] != want).float().mean() < 1e-3
+    assert (hundred != want).float().mean() > 0.05       # the test tells the two temperatures apart
+
+
 def test_fare_loss_is_squared_l2_on_unnormalised_embeddings():
     a = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
     b = torch.tensor([[0.0, 4.0], [1.0, 1.0]])
