@@ -5,6 +5,7 @@ tuning, Grad-CAM hooks, and a few real training steps per method on the tiny mod
 """
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from train import build_optimizer, trainable_parameters
 ALL = ["clip", "ft_clean", "ft_adv", "tecoa", "tecoa_vpt", "pmg_aft", "fare", "tga_zsr", "tga_zsr_visual",
        "comp_tga", "tima"]
 PROMPTS = [f"This is a photo of a thing{i}" for i in range(6)]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -366,6 +368,75 @@ def test_only_prompts_receive_gradients_and_change(tiny_model, kind):
     if kind == "padding":  # the border only: the centre of the prompt is zero
         pr = prompter.pixel.prompt(x)
         assert pr[..., 30:-30, 30:-30].abs().sum() == 0 and pr[..., :30, :].abs().sum() > 0
+
+
+def _token_prompted(model, lr=0.1, n=50):
+    args = parse_args(["--Method", "tecoa_vpt", "-c", "configs/synthetic.yaml", "--method", "null_patch",
+                       "--add_prompt_size", str(n), "--learning_rate", str(lr), "--momentum", "0", "--VPbaseline"])
+    torch.manual_seed(0)
+    methods.prepare_model(model, args, methods.get_method("tecoa_vpt"))
+    return args, model.prompter.token_prompter
+
+
+def test_token_prompts_are_drawn_from_randn(tiny_model):
+    """TeCoA's token prompts (SPEC §4) [faithful]: randn, std 1, not a width-scaled init."""
+    _, tp = _token_prompted(tiny_model)
+    # 50 × 64 draws of N(0, 1): the sample std is 1 ± 0.0125 (1σ); width^-0.5 would give 0.125
+    assert 0.9 < tp.tokens.detach().std().item() < 1.1
+    assert abs(tp.tokens.detach().mean().item()) < 0.1          # ±0.018 (1σ)
+
+
+def test_token_positional_embedding_is_zero_and_never_trained(tiny_model):
+    """TeCoA's optimiser steps only the pixel and token prompters (SPEC §4) [faithful]: the positional
+    embedding of the token prompts stays zero. One plain SGD step (no momentum) therefore moves the
+    appended tokens `tokens + positional_embedding` by exactly −lr·∇tokens; were the positional
+    embedding trained too, it would receive the same gradient and the tokens would move twice as far."""
+    model, lr = tiny_model, 0.1
+    args, tp = _token_prompted(model, lr)
+    assert [n for n, _ in model.prompter.named_parameters()] == ["token_prompter.tokens"]
+    assert set(model.prompter.state_dict()) == {"token_prompter.tokens"}     # the zero buffer is not saved
+    params = trainable_parameters(model)
+    assert {id(p) for p in params} == {id(tp.tokens)}
+    opt = build_optimizer(args, params)
+    ctx = methods.StepContext(model=model, text_features=text_of(model), args=args)
+    x, y = batch()
+    appended = (tp.tokens + tp.positional_embedding).detach().clone()
+    loss = methods.get_method("tecoa_vpt").step(ctx, x, y)["loss"]
+    opt.zero_grad()
+    loss.backward()
+    want = -lr * tp.tokens.grad
+    opt.step()
+    moved = (tp.tokens + tp.positional_embedding).detach() - appended
+    # fl(t − lr·g) − t is exact to one rounding of t: 2⁻²⁴·max|t| (≈ 2.4e-7 here), with margin ×4
+    tol = 4 * 2 ** -24 * appended.abs().max().item()
+    assert want.abs().max().item() > 100 * tol                       # a doubled step would be caught
+    assert (moved - want).abs().max().item() <= tol
+    assert torch.equal(tp.positional_embedding, torch.zeros_like(tp.positional_embedding))
+
+
+def test_checkpoint_with_a_trained_positional_embedding_loads_with_the_same_prompt(tiny_model, tmp_path):
+    """A checkpoint written before the positional embedding became a buffer holds it as a trained
+    parameter (`token_prompter.positional_embedding`). It loads strictly, folded into the tokens: the
+    tokens that enter ln_pre are the old model's `tokens + positional_embedding`."""
+    from checkpoint import load_visual_weights
+    model = tiny_model
+    prompter = install_prompter(model, "padding", 30, 3)
+    g = torch.Generator().manual_seed(0)
+    tokens, pos = torch.randn(3, 64, generator=g), 0.5 * torch.randn(3, 64, generator=g)
+    old = dict(prompter.state_dict(), **{"token_prompter.tokens": tokens, "token_prompter.positional_embedding": pos})
+    torch.save({"vision_encoder_state_dict": model.visual.state_dict(), "prompter_state_dict": old,
+                "meta": {"quick_gelu": model.quick_gelu}}, tmp_path / "old.pt")
+    with torch.no_grad():
+        prompter.token_prompter.tokens.zero_()
+    load_visual_weights(model, tmp_path / "old.pt")
+    seen = {}
+    probe = model.visual.ln_pre.register_forward_hook(lambda m, i, o: seen.__setitem__("in", i[0]))
+    with torch.no_grad():
+        model.image_tokens(torch.rand(2, 3, 224, 224))
+    probe.remove()
+    appended = seen["in"] if seen["in"].shape[0] == 2 else seen["in"].transpose(0, 1)  # [B, L, D]
+    assert torch.equal(appended[0, -3:], tokens + pos) and torch.equal(appended[1, -3:], tokens + pos)
+    assert not prompter.token_prompter.positional_embedding.any()
 
 
 def test_vpt_checkpoint_round_trip_through_eval_only(tmp_path):
