@@ -16,7 +16,7 @@ normalisation and drops the appended tokens from its output, so every caller (tr
 attacks, evaluation) sees prompted images and the usual `[B, 1+N_patches, D]` tokens.
 
     prompter = install_prompter(model, method="padding", prompt_size=30, add_prompt_size=100)
-    python tga_zsr.py --Method tecoa_vpt --add_prompt_size 100 --method null_patch
+    python tga_zsr.py --Method tecoa_vpt --add_prompt_size 100 --method padding --prompt_size 30
 """
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ class PixelPrompter(nn.Module):
             self.left = nn.Parameter(torch.randn(1, 3, s - 2 * p, p))
             self.right = nn.Parameter(torch.randn(1, 3, s - 2 * p, p))
         elif kind in ("random_patch", "fixed_patch"):
-            if p > s:
-                raise ValueError(f"--prompt_size {p} is larger than the image ({s})")
+            if p > s or (kind == "random_patch" and p == s):
+                raise ValueError(f"--prompt_size {p} leaves no room for a {kind} in a {s}×{s} image")
             self.patch = nn.Parameter(torch.randn(1, 3, p, p))
 
     def prompt(self, like: torch.Tensor) -> torch.Tensor | None:
@@ -61,8 +61,9 @@ class PixelPrompter(nn.Module):
         canvas = torch.zeros(1, 3, s, s, device=like.device, dtype=self.patch.dtype)
         if self.kind == "fixed_patch":
             r = c = 0
-        else:  # a new random position on every forward (global RNG), as the original does
-            r, c = (int(v) for v in torch.randint(0, s - p + 1, (2,)))
+        else:  # a new random position on every forward (global RNG), as the original does: its
+            # `np.random.choice(s - p)` excludes s - p, so the last row / column is never covered [faithful]
+            r, c = (int(v) for v in torch.randint(0, s - p, (2,)))
         canvas[:, :, r:r + p, c:c + p] = self.patch
         return canvas
 

@@ -439,6 +439,38 @@ def test_checkpoint_with_a_trained_positional_embedding_loads_with_the_same_prom
     assert not prompter.token_prompter.positional_embedding.any()
 
 
+def test_random_patch_corner_excludes_the_last_position():
+    """TeCoA's random_patch draws its top-left corner from 0 … s − p − 1 (SPEC §4): upper bound exclusive."""
+    from prompters import PixelPrompter
+    pp = PixelPrompter("random_patch", 3, 8)
+    with torch.no_grad():
+        pp.patch.fill_(1.0)
+    torch.manual_seed(0)
+    corners = set()
+    for _ in range(300):
+        rows, cols = pp.prompt(torch.zeros(1))[0, 0].nonzero(as_tuple=True)
+        corners.add((rows.min().item(), cols.min().item()))
+    # every corner of 0 … 4 appears (each one is missed by 300 draws with probability (24/25)³⁰⁰ ≈ 5e-6)
+    assert corners == {(r, c) for r in range(8 - 3) for c in range(8 - 3)}
+
+
+def test_tecoa_vpt_runs_tecoas_published_command():
+    """TeCoA's "w/ Prompting" command passes no --method: its default padding prompt of 30 joins the
+    100 tokens (SPEC §4). The config, main.sh's row and the mini world's scaled version say so."""
+    from prompters import PixelPrompter
+    vpt = parse_args(["--Method", "tecoa_vpt"])
+    assert (vpt.method, vpt.prompt_size, vpt.add_prompt_size) == ("padding", 30, 100)
+    text = (ROOT / "main.sh").read_text()
+    block = text[text.index("    tecoa_vpt)"):]
+    words = block[:block.index(";;")].replace("\\\n", " ").split()
+    assert words[words.index("--method") + 1] == "padding" and words[words.index("--prompt_size") + 1] == "30"
+    assert words[words.index("--add_prompt_size") + 1] == "100"
+    for cfg in ("configs/mini.yaml", "configs/smoke.yaml"):  # 32×32 world images: a border that fits
+        a = parse_args(["-c", cfg, "--Method", "tecoa_vpt"])
+        assert a.method == "padding" and 0 < a.prompt_size < 16
+        PixelPrompter(a.method, a.prompt_size, 32)
+
+
 def test_vpt_checkpoint_round_trip_through_eval_only(tmp_path):
     import tga_zsr
     from checkpoint import load_file
