@@ -1,4 +1,6 @@
 """The CLIP wrapper: token output, text features, logits, weight files and the QuickGELU guard."""
+import logging
+
 import open_clip
 import pytest
 import torch
@@ -202,3 +204,42 @@ def test_vit_b32_token_shape():
     with torch.no_grad():
         tokens = model.image_tokens(torch.rand(1, 3, 224, 224))
     assert tokens.shape == (1, 50, 512)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_weights_file_says_what_it_loaded_not_initialized_randomly(tiny_model, tmp_path):
+    """open_clip's "No pretrained weights loaded ... Model initialized randomly." is dropped when a
+    weights file is loaded right after, and one line on the tga_zsr logger says what was loaded; with
+    no weights (`--pretrained none`) the warning is true and stays."""
+    path = tmp_path / "ours.pt"
+    save_clip(tiny_model, str(path))
+    handlers = {name: _Records() for name in ("", "tga_zsr")}
+    levels = {name: logging.getLogger(name).level for name in handlers}
+    for name, h in handlers.items():
+        logging.getLogger(name).addHandler(h)
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        filters = list(logging.getLogger().filters)
+        load_clip("tiny-vit", str(path))
+        from_file = [r.getMessage() for r in handlers[""].records]
+        ours = [r.getMessage() for r in handlers["tga_zsr"].records]
+        assert logging.getLogger().filters == filters                # the filter lasted for the load only
+        for h in handlers.values():
+            h.records.clear()
+        load_clip("tiny-vit", None)
+        random = [r.getMessage() for r in handlers[""].records]
+    finally:
+        for name, h in handlers.items():
+            logging.getLogger(name).removeHandler(h)
+            logging.getLogger(name).setLevel(levels[name])
+    assert not any("initialized randomly" in m for m in from_file), from_file
+    assert ours == [f"loaded weights from {path} (open_clip weights, QuickGELU={tiny_model.quick_gelu})"]
+    assert any("initialized randomly" in m for m in random), random
