@@ -78,7 +78,9 @@ def test_in_batch_contrastive_keeps_duplicate_classes_as_negatives():
     rows = [-L[i, i] + torch.logsumexp(L[i], 0) for i in range(3)]
     cols = [-L[j, j] + torch.logsumexp(L[:, j], 0) for j in range(3)]
     expected = 0.5 * (sum(rows) / 3 + sum(cols) / 3)
-    assert torch.allclose(in_batch_contrastive_loss(f, t, s), expected)
+    # ~20 fp32 roundings of O(1) values on each side: ≤ 20·6e-8 = 1.2e-6 relative (measured 7e-8); counting
+    # the duplicate as a positive, or one direction only, moves the loss by > 0.1
+    assert torch.allclose(in_batch_contrastive_loss(f, t, s), expected, rtol=1e-5, atol=0)
     assert L[1, 2] == L[1, 1]  # the duplicate's logit equals the positive one: it is not masked
     assert in_batch_contrastive_loss(f, t, s) > math.log(2) / 2
 
@@ -97,14 +99,19 @@ def test_pmg_aft_reductions_and_temperature(tiny_model):
         o_adv = F.normalize(model.image_tokens(x_adv)[:, 0], dim=-1) @ T.t()
         o_ori = F.normalize(frozen(x_adv)[:, 0], dim=-1) @ T.t()
         o_cl = F.normalize(model.image_tokens(x)[:, 0], dim=-1) @ T.t()
-        assert o_adv.abs().max() <= 1.0 + 1e-6       # temperature 1: no ×100
+        # temperature 1: |cos| ≤ 1 up to a 64-term dot's roundings (≤ 64·6e-8 = 4e-6); ×100 would give 33 here
+        assert o_adv.abs().max() <= 1.0 + 1e-5
         p_adv, p_ori, p_cl = (o.softmax(1) for o in (o_adv, o_ori, o_cl))
         kl_ori = (p_ori * (p_ori.log() - p_adv.log())).sum()
         kl_cl = (p_cl * (p_cl.log() - p_adv.log())).sum()
         ce = -(o_adv.log_softmax(1)[torch.arange(4), y]).mean()
-    assert torch.allclose(out["kl_ori"], kl_ori, atol=1e-6) and torch.allclose(out["kl_clean"], kl_cl, atol=1e-6)
-    assert torch.allclose(out["ce"], ce, atol=1e-6)
-    assert torch.allclose(out["loss"], ce + kl_ori + kl_cl, atol=1e-6)
+    # The same forwards; each KL sums 24 terms p·log p of size ≤ 0.3 that cancel to ~7e-4: its error is the
+    # terms', ≤ 24·0.3·6e-8 = 4e-7 (measured 1e-7), hence an absolute 1e-6. A batch-mean KL would be 5e-4
+    # off, the reversed KL(p_adv ‖ p_ori) 2.9e-6 (measured). CE ≈ 1.8, loss ≈ 1.8: 1e-6 = 8 ulps.
+    assert torch.allclose(out["kl_ori"], kl_ori, rtol=0, atol=1e-6)
+    assert torch.allclose(out["kl_clean"], kl_cl, rtol=0, atol=1e-6)
+    assert torch.allclose(out["ce"], ce, rtol=0, atol=1e-6)
+    assert torch.allclose(out["loss"], ce + kl_ori + kl_cl, rtol=0, atol=1e-6)
     assert out["loss"].requires_grad
 
 
@@ -147,24 +154,26 @@ def test_pmg_aft_attack_ascends_the_temperature_one_ce(tiny_model, monkeypatch):
 def test_fare_loss_is_squared_l2_on_unnormalised_embeddings():
     a = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
     b = torch.tensor([[0.0, 4.0], [1.0, 1.0]])
-    assert fare_embedding_loss(a, b).item() == pytest.approx((9 + 16 + 0) / 2)
-    assert fare_embedding_loss(2 * a, 2 * b).item() == pytest.approx(4 * 12.5)  # not normalised
+    assert fare_embedding_loss(a, b).item() == (9 + 16 + 0) / 2     # small integers, halved: exact in fp32
+    assert fare_embedding_loss(2 * a, 2 * b).item() == 4 * 12.5      # not normalised
 
 
 def test_hyperspherical_energy_by_hand():
     t = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
     # squared distances: 2, 4, 2 (each pair twice in the ordered j≠k mean)
     expected = (1 / 3 + 1 / 5 + 1 / 3) / 3
-    assert hyperspherical_energy(t).item() == pytest.approx(expected)
-    assert hyperspherical_energy(5 * t).item() == pytest.approx(expected)  # on normalised features
+    # ~8 fp32 roundings of values ≤ 1: ≤ 5e-7 relative (measured 4e-8); a j = k term or a missing pair is > 1e-2
+    assert hyperspherical_energy(t).item() == pytest.approx(expected, rel=1e-6)
+    assert hyperspherical_energy(5 * t).item() == pytest.approx(expected, rel=1e-6)  # on normalised features
 
 
 def test_text_distance_margins():
     t = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
     m = text_distance_margins(t, torch.tensor([0]), 0.1)
     assert m[0, 0] == 0                                                   # the target has none
-    assert m[0, 1].item() == pytest.approx(0.1 * (1 - math.sqrt(2) / 2))
-    assert m[0, 2].item() == pytest.approx(0.0, abs=1e-7)                 # opposite class: no margin
+    # √2/2 rounds by 4e-8, 1 − √2/2 = 0.29 keeps that error: ≤ 3e-7 relative after × 0.1 (measured 7e-8)
+    assert m[0, 1].item() == pytest.approx(0.1 * (1 - math.sqrt(2) / 2), rel=1e-6)
+    assert m[0, 2].item() == pytest.approx(0.0, abs=1e-7)    # opposite class: no margin (√4 = 2 exactly)
 
 
 def test_alpha_beta_zero_tga_equals_tecoa(tiny_model):
@@ -178,7 +187,9 @@ def test_alpha_beta_zero_tga_equals_tecoa(tiny_model):
     tecoa = methods.get_method("tecoa").step(ctx, x_adv, y)["loss"]
     assert torch.equal(tga, tecoa)
     logits = model.logit_scale * F.normalize(model.image_tokens(x_adv)[:, 0], dim=-1) @ T.t()
-    assert torch.allclose(tga, F.cross_entropy(logits, y))
+    # the CLS-only path vs the full tokens: logits within s·3.4e-6 = 5e-5 (test_clip_model), the CE ≈ 2.2
+    # within 1e-4 at worst (measured 2.4e-7); without the logit scale the CE would be ~0.3 off
+    assert torch.allclose(tga, F.cross_entropy(logits, y), rtol=5e-5, atol=0)
 
 
 def test_comp_tga_map_is_complementary(tiny_model):
@@ -206,10 +217,13 @@ def test_comp_tga_map_is_complementary(tiny_model):
         a_adv, a_cl = comp(model.image_tokens(x_adv)), comp(model.image_tokens(x))
         ar = (a_adv - a_ori).flatten(1).norm(dim=1).mean()
         amc = (a_cl - a_ori).flatten(1).norm(dim=1).mean()
+    # Towers on [x_adv; x] (batch 8) vs 4 at a time: tokens within ~3.4e-6 relative; a map value moves by
+    # that over the min-max span (≥ 0.1): ≲ 3e-5 at worst, typically 1e-6; the L2 over 224² values
+    # (≈ 19, i.e. 0.08 per value) moves by ≲ 1e-5 relative typical (measured 0). rtol 1e-4.
     assert torch.allclose(out["ar"], ar, rtol=1e-4) and torch.allclose(out["amc"], amc, rtol=1e-4)
     assert torch.allclose(out["ar"], map_distance_explicit(a_adv, a_ori, "l2", 224), rtol=1e-4)
     plain = tga_zsr_loss(model, frozen, x, x_adv, y, T, 0.1, 0.07, "l2")
-    assert not torch.allclose(plain["ar"], out["ar"])          # the complement changes the map
+    assert not torch.allclose(plain["ar"], out["ar"])          # the complement changes the map (by 26)
 
 
 def test_comp_tga_negative_text_computed_once(tiny_model):
@@ -245,7 +259,7 @@ def test_gradcam_map_gradient_only_when_asked(tiny_model, differentiable):
     cam = GradCAM(model.image_tower)
     maps, tokens = cam.maps(model.image_tower, x, model.logit_scale, T[y], 224, differentiable)
     assert maps.shape == (4, 1, 224, 224)
-    assert maps.min() >= 0 and maps.amax(dim=(1, 2, 3)).allclose(torch.ones(4))
+    assert maps.min() >= 0 and torch.equal(maps.amax(dim=(1, 2, 3)), torch.ones(4))  # max / max = 1 exactly
     assert maps.requires_grad == differentiable
     assert all(p.grad is None for p in model.parameters())  # the CAM backward leaves no .grad
     cam.remove()
@@ -281,6 +295,9 @@ def test_gradcam_matches_manual_computation(tiny_model):
     cam = cam - cam.amin(dim=(2, 3), keepdim=True)
     cam = cam / cam.amax(dim=(2, 3), keepdim=True)
     got, _ = GradCAM(model.image_tower).maps(model.image_tower, x, model.logit_scale, T[y], 224)
+    # a CAM value sums 64 channel products and is divided by the map's max: ~√64·u relative to 1 after the
+    # division, plus the hooks' other batch layout: ≤ 1e-6 typical (measured 0); maps in [0, 1], atol 1e-5.
+    # The diagonal target instead of the argmax, or no ReLU, changes the maps by 0.56 / 0.62 (measured).
     assert torch.allclose(got, cam, atol=1e-5)
 
 
@@ -334,7 +351,7 @@ def test_token_hook_adds_exactly_n_tokens_and_is_removed(tiny_model):
         out = model.image_tokens(x)
     assert seen["n"] == base + 5                         # five tokens enter ln_pre
     assert out.shape == plain.shape                      # ...and leave the token output again
-    assert not torch.allclose(out, plain)                # but they change the other tokens
+    assert not torch.allclose(out, plain)                # but they change the other tokens (by 0.1)
     assert len(model.visual.patch_dropout._forward_hooks) == 1
     remove_prompter(model)
     assert len(model.visual.patch_dropout._forward_hooks) == 0 and model.prompter is None
@@ -513,7 +530,7 @@ def test_fare_inner_attack_increases_the_embedding_loss(tiny_model):
         after = fare_embedding_loss(model.image_tokens(x_adv)[:, 0], ref)
     assert len(calls) == 10
     assert after >= before and after > calls[0]     # beats the random start, too
-    assert (x_adv - x).abs().max() <= 4 / 255 + 1e-6
+    assert (x_adv - x).abs().max() <= 4 / 255 + 1e-7    # fl(x + δ) − x: half an ulp at ≤ 1, 6e-8
     assert all(p.grad is None for p in model.parameters())
 
 
