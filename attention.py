@@ -27,18 +27,31 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 DISTANCES = ("l2", "cos", "l1")
 
 
+def fp32(device: torch.device):
+    """Autocast off: the maps and their distances in fp32 under any autocast (fp16 on CUDA, bf16 on
+    the CPU). Casting the inputs with `.float()` is not enough: autocast re-casts the inputs of
+    `bmm` / `@` to half precision, and the 8-bit mantissa of bf16 moves a min-maxed map by ~7e-3."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """fp32, or x itself if it is already fp32 or fp64 (the tests' exact references are fp64)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def attention_grid(tokens: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
     """SPEC §1 steps 1–4: `[B, 1+N, D]` tokens, `[B, D]` class text features -> `[B, 1, g, g]`.
 
     Step 1 normalises over dim=1, the *token* axis: each of the D channels is divided by its
     L2 norm across the 1+N tokens (CLS included), not each token by its own norm. This is what
     the original code does, and it changes the map (a channel that is large everywhere is
-    damped), so we keep it [faithful]. Computed in fp32 even under autocast.
+    damped), so we keep it [faithful]. Computed in fp32 even under autocast (`fp32`).
     """
-    tokens = tokens.float()
-    t = text_features.float()
-    f = tokens / tokens.norm(dim=1, keepdim=True)  # dim=1: across tokens, per channel
-    s = torch.bmm(f[:, 1:, :], t[:, :, None]).squeeze(-1)  # [B, N]
+    with fp32(tokens.device):
+        tokens = tokens.float()
+        t = text_features.float()
+        f = tokens / tokens.norm(dim=1, keepdim=True)  # dim=1: across tokens, per channel
+        s = torch.bmm(f[:, 1:, :], t[:, :, None]).squeeze(-1)  # [B, N]
     lo = s.min(dim=1, keepdim=True).values
     hi = s.max(dim=1, keepdim=True).values
     span = hi - lo
@@ -53,8 +66,9 @@ def attention_grid(tokens: torch.Tensor, text_features: torch.Tensor) -> torch.T
 
 
 def upsample_map(grid: torch.Tensor, out_size: int) -> torch.Tensor:
-    """SPEC §1 step 5: bilinear, align_corners=False, no antialias."""
-    return F.interpolate(grid, size=(out_size, out_size), mode="bilinear", align_corners=False)
+    """SPEC §1 step 5: bilinear, align_corners=False, no antialias (fp32 under autocast)."""
+    with fp32(grid.device):
+        return F.interpolate(_wide(grid), size=(out_size, out_size), mode="bilinear", align_corners=False)
 
 
 def text_guided_attention(tokens: torch.Tensor, text_features: torch.Tensor, out_size: int) -> torch.Tensor:
@@ -92,9 +106,10 @@ class UpsampledMapGeometry:
         self.gram = self._cache[key]
 
     def inner(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """`[B, 1, g, g]` x2 -> `[B]`: the inner product of the upsampled maps."""
+        """`[B, 1, g, g]` x2 -> `[B]`: the inner product of the upsampled maps (fp32 under autocast)."""
         g = self.gram
-        return ((g @ a[:, 0] @ g) * b[:, 0]).sum(dim=(1, 2))
+        with fp32(a.device):
+            return ((g @ a[:, 0].to(g.dtype) @ g) * b[:, 0].to(g.dtype)).sum(dim=(1, 2))
 
 
 def _safe_sqrt(q: torch.Tensor) -> torch.Tensor:
@@ -115,7 +130,9 @@ def map_distance(a: torch.Tensor, b: torch.Tensor, metric: str, out_size: int) -
     cos: mean_b (1 − cos(up(a), up(b))), eps 1e-8 on each norm, as torch's cosine_similarity.
     l1:  mean |up(a) − up(b)| over all B·out_size² elements.
     l2 and cos use the exact Gram shortcut; l1 is not a quadratic form and is computed explicitly.
+    Computed in fp32 (at least) even under autocast.
     """
+    a, b = _wide(a), _wide(b)
     if metric == "l1":
         return (upsample_map(a, out_size) - upsample_map(b, out_size)).abs().mean()
     geo = UpsampledMapGeometry(a.shape[-1], out_size, a.device, a.dtype)
@@ -130,17 +147,19 @@ def map_distance(a: torch.Tensor, b: torch.Tensor, metric: str, out_size: int) -
 
 
 def map_distance_explicit(a: torch.Tensor, b: torch.Tensor, metric: str, out_size: int) -> torch.Tensor:
-    """The straightforward computation on materialised upsampled maps (reference for tests)."""
+    """The straightforward computation on materialised upsampled maps (reference for tests; Comp-TGA
+    and Grad-CAM train with it). Computed in fp32 even under autocast."""
     # Comp-TGA and Grad-CAM pass maps that are already full size: no identity resize for them.
     if a.shape[-1] != out_size:
         a, b = upsample_map(a, out_size), upsample_map(b, out_size)
-    ua, ub = a.flatten(1), b.flatten(1)
-    if metric == "l2":
-        return (ua - ub).norm(p=2, dim=1).mean()
-    if metric == "cos":
-        return (1 - F.cosine_similarity(ua, ub, dim=1, eps=1e-8)).mean()
-    if metric == "l1":
-        return (ua - ub).abs().mean()
+    with fp32(a.device):
+        ua, ub = _wide(a).flatten(1), _wide(b).flatten(1)
+        if metric == "l2":
+            return (ua - ub).norm(p=2, dim=1).mean()
+        if metric == "cos":
+            return (1 - F.cosine_similarity(ua, ub, dim=1, eps=1e-8)).mean()
+        if metric == "l1":
+            return (ua - ub).abs().mean()
     raise ValueError(f"unknown distance '{metric}', choose from {DISTANCES}")
 
 

@@ -291,7 +291,21 @@ def load_clip(arch: str = "ViT-B-32", pretrained: str | None = "openai", device=
                 f"On an offline machine download the weights elsewhere and pass the file: "
                 f"--pretrained /path/to/ViT-B-32.pt") from e
     else:
-        clip = open_clip.create_model(base_arch(arch), pretrained=None, force_quick_gelu=use_qg)
+        # open_clip warns "No pretrained weights loaded for model ... Model initialized randomly." for
+        # pretrained=None. With a weights file the weights are loaded right below, and that warning reads
+        # as a failure: drop this one message while the model is built and say what was loaded instead.
+        # With --pretrained none the model does stay random: the warning is true and stays.
+        def not_random_init(record: logging.LogRecord) -> bool:
+            return "initialized randomly" not in str(record.msg)
+        # open_clip logs through the root logger (logging.warning); other versions may use their own
+        quiet = [logging.getLogger(n) for n in ("", "open_clip", "open_clip.factory")] if state is not None else []
+        for logger in quiet:
+            logger.addFilter(not_random_init)
+        try:
+            clip = open_clip.create_model(base_arch(arch), pretrained=None, force_quick_gelu=use_qg)
+        finally:
+            for logger in quiet:
+                logger.removeFilter(not_random_init)
         if state is not None:
             # Non-persistent buffers (open_clip's text attn_mask) appear in TorchScript state dicts.
             transient = {n for n, _ in clip.named_buffers()} - set(clip.state_dict())
@@ -301,6 +315,8 @@ def load_clip(arch: str = "ViT-B-32", pretrained: str | None = "openai", device=
                 raise ValueError(f"{pretrained} does not fit {arch}: missing keys {missing[:8]}"
                                  f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
                                  f"{' ...' if len(unexpected) > 8 else ''}")
+            kind = "OpenAI CLIP weights" if info["openai"] else "open_clip weights"
+            log.info(f"loaded weights from {pretrained} ({kind}, QuickGELU={use_qg})")
     clip = clip.float()
     model = ClipModel(clip, base_arch(arch), pretrained, use_qg)
     return model.to(device)

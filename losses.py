@@ -98,6 +98,17 @@ def cosine_logits(features, text_features):
     return F.normalize(features.float(), dim=-1) @ text_features.float().t()
 
 
+def pmg_aft_attack_objective(model, y, text_features):
+    """PMG-AFT's training attack (SPEC §4): `objective(x_adv)` for `train_pgd`, the batch-mean CE of the
+    same temperature-1 logits (raw cosines, no ×100) as its loss [faithful]. The original's PGD calls its
+    own logit function, which re-normalises the ×100 text embedding: the scale cancels. Not the §0 CE of
+    the ×100 logits: at temperature 1 the softmax is nearly uniform, so every class's gradient counts and
+    the sign step points elsewhere."""
+    def objective(x_adv):
+        return F.cross_entropy(cosine_logits(model.image_features(x_adv), text_features), y)
+    return objective
+
+
 def pmg_aft_loss(model, frozen_model, x, x_adv, y, text_features):
     """PMG-AFT (SPEC §4): `CE(o_adv, y) + KL_sum(o_ori ‖ o_adv) + KL_sum(o_cl ‖ o_adv)` on raw cosines.
 

@@ -88,8 +88,8 @@ row() {  # row <name> [extra args]: the paper-table command of one method
         --warmup 1000 --train_eps 1 --train_numsteps 2 --train_stepsize 1 "$@" ;;
     tecoa_vpt)
       # TeCoA w/ prompting (TeCoA's README: 32.00 / 53.00 on ImageNet; not a row of the TGA table):
-      # CLIP frozen, 100 prompt tokens, SGD lr 40, batch 256, eps 1/255, 2 steps.
-      "${RUN[@]}" tga_zsr.py --Method tecoa_vpt --adaptation_method VPT --method null_patch --add_prompt_size 100 \
+      # CLIP frozen, padding prompt 30 + 100 prompt tokens (TeCoA's command), SGD lr 40, batch 256, eps 1/255.
+      "${RUN[@]}" tga_zsr.py --Method tecoa_vpt --adaptation_method VPT --pixel_prompt padding --prompt_size 30 --add_prompt_size 100 \
         "${PROTOCOL[@]}" --learning_rate 40 --batch_size 256 --epochs 10 --warmup 1000 --train_eps 1 \
         --train_numsteps 2 --train_stepsize 1 "$@" ;;
     pmg_aft)

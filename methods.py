@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from attacks import no_param_grad, pgd
 from attention import GradCAM, attention_grid
-from losses import (fare_embedding_loss, ft_loss, gradcam_tga_loss, pmg_aft_loss, tga_zsr_loss, tima_loss)
+from losses import (fare_embedding_loss, ft_loss, gradcam_tga_loss, pmg_aft_attack_objective, pmg_aft_loss,
+                    tga_zsr_loss, tima_loss)
 from prompters import install_prompter
 
 DEFAULT_METHOD_NAME = "tga_zsr"  # what --Method means when no flag, config or resumed run names one
@@ -251,7 +252,8 @@ class PMGAFT(Method):
     name, label, aliases, needs_frozen = "pmg_aft", "PMG-AFT", ("PMG-AFT", "PMG", "PMGAFT"), True
 
     def step(self, x, y, idx=None):
-        x_adv = self.attack(self.model, x, y, self.text)
+        # the attack ascends the CE of the same temperature-1 logits as the loss [faithful]
+        x_adv = self.attack(self.model, x, y, objective=pmg_aft_attack_objective(self.model, y, self.text))
         return pmg_aft_loss(self.model, self.frozen, x, x_adv, y, self.text)
 
 

@@ -6,7 +6,8 @@ CLIP stays frozen; only prompts are trained. Two kinds, combinable:
   `padding` a learnable border of width p, `random_patch` / `fixed_patch` a learnable p×p square
   at a random / the top-left position, `null_patch` nothing;
 * token prompts (`--add_prompt_size N`): N learnable tokens of the visual width appended after the
-  patch tokens, each with its own positional embedding (zero at init), before `ln_pre`.
+  patch tokens, before `ln_pre`. As in TeCoA's code [faithful]: drawn from `randn` (std 1, not a
+  width-scaled init), plus a positional embedding that is zero and never trained (a buffer).
 
 The token prompts go in through a forward hook on `visual.patch_dropout` — the module open_clip's
 VisionTransformer runs right after adding the positional embedding and right before `ln_pre` — so
@@ -15,7 +16,7 @@ normalisation and drops the appended tokens from its output, so every caller (tr
 attacks, evaluation) sees prompted images and the usual `[B, 1+N_patches, D]` tokens.
 
     prompter = install_prompter(model, method="padding", prompt_size=30, add_prompt_size=100)
-    python tga_zsr.py --Method tecoa_vpt --add_prompt_size 100 --method null_patch
+    python tga_zsr.py --Method tecoa_vpt --add_prompt_size 100 --method padding --prompt_size 30
 """
 from __future__ import annotations
 
@@ -44,8 +45,8 @@ class PixelPrompter(nn.Module):
             self.left = nn.Parameter(torch.randn(1, 3, s - 2 * p, p))
             self.right = nn.Parameter(torch.randn(1, 3, s - 2 * p, p))
         elif kind in ("random_patch", "fixed_patch"):
-            if p > s:
-                raise ValueError(f"--prompt_size {p} is larger than the image ({s})")
+            if p > s or (kind == "random_patch" and p == s):
+                raise ValueError(f"--prompt_size {p} leaves no room for a {kind} in a {s}×{s} image")
             self.patch = nn.Parameter(torch.randn(1, 3, p, p))
 
     def prompt(self, like: torch.Tensor) -> torch.Tensor | None:
@@ -60,8 +61,9 @@ class PixelPrompter(nn.Module):
         canvas = torch.zeros(1, 3, s, s, device=like.device, dtype=self.patch.dtype)
         if self.kind == "fixed_patch":
             r = c = 0
-        else:  # a new random position on every forward (global RNG), as the original does
-            r, c = (int(v) for v in torch.randint(0, s - p + 1, (2,)))
+        else:  # a new random position on every forward (global RNG), as the original does: its
+            # `np.random.choice(s - p)` excludes s - p, so the last row / column is never covered [faithful]
+            r, c = (int(v) for v in torch.randint(0, s - p, (2,)))
         canvas[:, :, r:r + p, c:c + p] = self.patch
         return canvas
 
@@ -71,14 +73,30 @@ class PixelPrompter(nn.Module):
 
 
 class TokenPrompter(nn.Module):
-    """N learnable tokens + their own positional embedding (zeros), appended before ln_pre."""
+    """N learnable tokens + their own positional embedding (zeros, never trained), appended before ln_pre.
 
-    def __init__(self, num_tokens: int, width: int, init_scale: float | None = None):
+    As TeCoA's token prompter [faithful]: the tokens are `randn` (std 1, not open_clip's width^-0.5);
+    the positional embedding starts at zero and stays zero, since the original's optimiser steps only
+    the pixel and token prompters. A trainable one would receive the tokens' gradient and double
+    every step. It is therefore a non-persistent buffer: not a parameter, not in the state dict.
+    Older checkpoints that hold it as a trained parameter still load, with the same output: it is
+    folded into the tokens (only their sum enters the model), see `_fold_positional_embedding`.
+    """
+
+    def __init__(self, num_tokens: int, width: int, init_scale: float = 1.0):
         super().__init__()
-        scale = width ** -0.5 if init_scale is None else init_scale  # open_clip's class-token scale
-        self.tokens = nn.Parameter(scale * torch.randn(num_tokens, width))
-        self.positional_embedding = nn.Parameter(torch.zeros(num_tokens, width))
+        self.tokens = nn.Parameter(init_scale * torch.randn(num_tokens, width))
+        self.register_buffer("positional_embedding", torch.zeros(num_tokens, width), persistent=False)
+        self.register_load_state_dict_pre_hook(self._fold_positional_embedding)
         self._handle = None
+
+    @staticmethod
+    def _fold_positional_embedding(module, state_dict, prefix, *args):
+        """An older checkpoint's trained `positional_embedding` is added to its tokens (exact: the
+        model only ever sees `tokens + positional_embedding`, and ours is zero)."""
+        old = state_dict.pop(prefix + "positional_embedding", None)
+        if old is not None and prefix + "tokens" in state_dict:
+            state_dict[prefix + "tokens"] = state_dict[prefix + "tokens"] + old.to(state_dict[prefix + "tokens"])
 
     @property
     def num_tokens(self) -> int:

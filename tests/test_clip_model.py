@@ -1,4 +1,6 @@
 """The CLIP wrapper: token output, text features, logits, weight files and the QuickGELU guard."""
+import logging
+
 import open_clip
 import pytest
 import torch
@@ -15,6 +17,8 @@ def test_cls_token_equals_open_clip_encode_image(tiny_model):
         normed = (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
         ref = tiny_model.clip.encode_image(normed)
     assert tokens.shape == (2, 50, 64)
+    # the same blocks on the same batch (forward_intermediates vs forward): equal in practice (measured
+    # 0); 1e-6 = 4 ulps at |F| ≈ 2 for a kernel that orders a sum differently. A missing proj / ln_post: O(1).
     assert torch.allclose(tokens[:, 0], ref, atol=1e-6)
 
 
@@ -36,8 +40,12 @@ def test_cls_only_path_equals_open_clip_forward(prompts):
     (g_fast,) = torch.autograd.grad(fast.square().sum(), x)
     full = tower.visual(tower.prompter(tower.preprocess(x)) if prompts else tower.preprocess(x))
     (g_full,) = torch.autograd.grad(full.square().sum(), x)
+    # One query instead of 50: other GEMM shapes, so other fp32 summation orders over the width (64) and
+    # the tokens (50) of O(1) terms: ~√(64·50)·u ≈ 3e-6 per value of |F| ≤ 2.2 (measured 6e-7), tolerance
+    # 1e-5 + 1e-5·|F|. Dropping the last MLP or attending from the wrong token changes the CLS by O(1).
     assert torch.allclose(fast, full, atol=1e-5, rtol=1e-5)
     assert torch.allclose(fast, model.image_tokens(x)[:, 0], atol=1e-5, rtol=1e-5)
+    # input gradients ≤ 0.07: the same relative roundings (1e-5·0.07 ≈ 1e-6), measured 5e-8
     assert torch.allclose(g_fast, g_full, atol=1e-6, rtol=1e-4)
 
 
@@ -55,6 +63,7 @@ def test_blocks_run_sequence_first_with_identical_outputs():
         for b in v.transformer.resblocks:
             b.attn.batch_first = True
         batch_first = model.image_tokens(x)
+    # the same products in another memory layout: a kernel may sum in another order, as above (measured 0)
     assert torch.allclose(seq_first, batch_first, atol=1e-5, rtol=1e-5)
     assert set(model.state_dict()) == set(load_clip("tiny-vit", None).state_dict())
 
@@ -87,6 +96,8 @@ def test_patch_tokens_equal_ln_post_then_proj(tiny_model):
             h = blk(h)
         h = h.transpose(0, 1) if seq_first else h
         want = v.ln_post(h)[:, 1:] @ v.proj
+    # the blocks re-run by hand: equal in practice (measured 0); 1e-5 = 20 ulps at |F| ≈ 4 for another
+    # summation order. Patch tokens before proj or without ln_post differ by O(1).
     assert torch.allclose(tokens[:, 1:], want, atol=1e-5)
 
 
@@ -94,6 +105,7 @@ def test_resize_inside_model(tiny_model):
     x = torch.rand(1, 3, 64, 64)
     big = F.interpolate(x, size=(224, 224), mode="bicubic", align_corners=False)
     with torch.no_grad():
+        # the same bicubic resize, the same batch: exact in practice (measured 0); 1e-6 = 2 ulps at |F| ≈ 4
         assert torch.allclose(tiny_model.image_tokens(x), tiny_model.image_tokens(big), atol=1e-6)
 
 
@@ -104,8 +116,11 @@ def test_text_features_normalised_and_logits(tiny_model):
         logits = tiny_model.logits(x, t)
         cls = F.normalize(tiny_model.image_tokens(x)[:, 0], dim=-1)
     assert t.shape == (3, 64)
+    # each component rounds twice (division, norm) and the norm sums 64 squares: ≲ 8u = 5e-7
     assert torch.allclose(t.norm(dim=-1), torch.ones(3), atol=1e-6)
-    assert torch.allclose(logits, tiny_model.clip.logit_scale.exp() * cls @ t.t(), atol=1e-5)
+    # logits take the CLS-only path: its direction differs by ≲ 3.4e-6 (see above); times s = 14.3, ≤ 5e-5
+    # (measured 4e-7). Without the logit scale the logits (≤ 0.85 here) would be 14× smaller.
+    assert torch.allclose(logits, tiny_model.clip.logit_scale.exp() * cls @ t.t(), atol=5e-5)
 
 
 def test_logits_independent_of_batch_size(tiny_model):
@@ -114,7 +129,9 @@ def test_logits_independent_of_batch_size(tiny_model):
         x = torch.rand(4, 3, 224, 224)
         full = tiny_model.logits(x, t)
         parts = torch.cat([tiny_model.logits(x[:1], t), tiny_model.logits(x[1:], t)])
-    assert torch.allclose(full, parts, atol=1e-5)
+    # batch 4 vs 1 + 3: other GEMM blockings, the CLS direction within ~√(64·50)·u = 3.4e-6, times s = 14.3:
+    # ≤ 5e-5 (measured 5e-7); a batch-dependent logit (PMG-AFT's re-normalised scaled text) differs by O(1)
+    assert torch.allclose(full, parts, atol=5e-5)
 
 
 def test_text_tower_frozen_visual_trainable(tiny_model):
@@ -151,9 +168,13 @@ def test_half_save_halves_the_file_and_loads_as_float32(tiny_model, tmp_path):
     assert all(v.dtype == torch.float32 for v in state.values() if torch.is_floating_point(v))
     for k, v in tiny_model.clip.state_dict().items():
         if torch.is_floating_point(v):  # float16 keeps ~3 significant digits
+            # float16 rounds to 2⁻¹¹ = 4.9e-4 relative; below its smallest normal (6e-5) the spacing is
+            # absolute: rtol 1e-3, atol 1e-4 (measured 3.4e-4 relative)
             assert torch.allclose(state[k], v, rtol=1e-3, atol=1e-4), k
     x = torch.rand(2, 3, 224, 224)
     with torch.no_grad():
+        # every weight off by ≤ 4.9e-4 relative, summed over 64-wide layers (≈ √64 × 4.9e-4 ≈ 4e-3
+        # relative per layer) on tokens ≤ 4: ~1.5e-2 (measured 1.3e-3); weights read as garbage: O(1)
         assert torch.allclose(loaded.image_tokens(x), tiny_model.image_tokens(x), atol=2e-2)
 
 
@@ -179,6 +200,7 @@ def test_torchscript_archive_loads(tiny_model, tmp_path):
     assert model.quick_gelu
     x = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
+        # the same weights through the same forward: exact in practice; 1e-6 = 2 ulps at |F| ≈ 4
         assert torch.allclose(model.image_tokens(x), tiny_model.image_tokens(x), atol=1e-6)
 
 
@@ -203,3 +225,42 @@ def test_vit_b32_token_shape():
     with torch.no_grad():
         tokens = model.image_tokens(torch.rand(1, 3, 224, 224))
     assert tokens.shape == (1, 50, 512)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_weights_file_says_what_it_loaded_not_initialized_randomly(tiny_model, tmp_path):
+    """open_clip's "No pretrained weights loaded ... Model initialized randomly." is dropped when a
+    weights file is loaded right after, and one line on the tga_zsr logger says what was loaded; with
+    no weights (`--pretrained none`) the warning is true and stays."""
+    path = tmp_path / "ours.pt"
+    save_clip(tiny_model, str(path))
+    handlers = {name: _Records() for name in ("", "tga_zsr")}
+    levels = {name: logging.getLogger(name).level for name in handlers}
+    for name, h in handlers.items():
+        logging.getLogger(name).addHandler(h)
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        filters = list(logging.getLogger().filters)
+        load_clip("tiny-vit", str(path))
+        from_file = [r.getMessage() for r in handlers[""].records]
+        ours = [r.getMessage() for r in handlers["tga_zsr"].records]
+        assert logging.getLogger().filters == filters                # the filter lasted for the load only
+        for h in handlers.values():
+            h.records.clear()
+        load_clip("tiny-vit", None)
+        random = [r.getMessage() for r in handlers[""].records]
+    finally:
+        for name, h in handlers.items():
+            logging.getLogger(name).removeHandler(h)
+            logging.getLogger(name).setLevel(levels[name])
+    assert not any("initialized randomly" in m for m in from_file), from_file
+    assert ours == [f"loaded weights from {path} (open_clip weights, QuickGELU={tiny_model.quick_gelu})"]
+    assert any("initialized randomly" in m for m in random), random

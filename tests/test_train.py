@@ -16,6 +16,8 @@ SMOKE = ["-c", "configs/synthetic.yaml", "--device", "cpu", "--no_eval", "--prin
 
 def test_lr_schedule_values():
     base, warmup, total = 1e-4, 10, 110
+    # float64 arithmetic on both sides: equal to ~1e-16 relative; approx (1e-6) only absorbs the order of
+    # operations. An off-by-one step or a missing warmup moves a value by ≥ 1 % of base.
     assert lr_at(0, base, warmup, total) == pytest.approx(base / 10)
     assert lr_at(4, base, warmup, total) == pytest.approx(base / 2)
     assert lr_at(9, base, warmup, total) == pytest.approx(base)          # end of warmup: peak

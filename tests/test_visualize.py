@@ -69,12 +69,13 @@ def test_attention_rows_use_the_evaluation_attack(run):
     with no_param_grad(finetuned):
         again = attack_batch(finetuned, x, y, torch.tensor(idx), finetuned.encode_text(data.prompts), settings)
     assert torch.equal(rows["adv"], again)
-    assert rows["delta"].abs().max() <= 4 / 255 + 1e-6 and rows["delta"].abs().max() > 0
+    # δ = fl(x + δ) − x: one rounding of a value ≤ 1 (6e-8); an unprojected step would be 1/255 over
+    assert rows["delta"].abs().max() <= 4 / 255 + 1e-7 and rows["delta"].abs().max() > 0
     for key in ("map_orig_clean", "map_orig_adv", "map_ft_adv"):
         m = rows[key]
         assert m.shape == (2, 224, 224) and m.min() >= 0 and m.max() <= 1
     # the fine-tuned tower differs from the original: its map on the same image differs too
-    assert not torch.allclose(rows["map_orig_adv"], rows["map_ft_adv"])
+    assert not torch.allclose(rows["map_orig_adv"], rows["map_ft_adv"])  # they differ by 0.035
     assert torch.equal(rows["adv_orig"], rows["adv"])  # default: one PGD image for both models
     own = visualize.attention_rows(original, finetuned, data, idx, settings, torch.device("cpu"), attack_original=True)
     with no_param_grad(original):
@@ -135,6 +136,7 @@ def test_trade_off_points_are_the_means_of_the_results(run, tmp_path):
 
     points = plots.trade_off_points([run, other], label_of=method_label)  # as visualize.main passes it
     assert [p["label"] for p in points] == ["TGA-ZSR", "TeCoA"]
+    # float64 means of a few percentages, summed in another order: equal to ~1e-15 (approx's default 1e-6)
     assert [(p["clean"], p["robust"]) for p in points] == [pytest.approx((run_clean, run_robust)),
                                                            pytest.approx((50.0, 25.0))]
     assert points[1]["eps"] == 1.0 and points[1]["datasets"] == ["a", "b"]
@@ -146,7 +148,7 @@ def test_trade_off_points_are_the_means_of_the_results(run, tmp_path):
     fig = plots.draw_trade_off(points)  # what the PNG shows: read back from the artist
     offsets = fig.axes[0].collections[0].get_offsets()
     assert offsets.shape == (2, 2)
-    assert offsets.ravel().tolist() == pytest.approx([run_clean, run_robust, 50.0, 25.0])
+    assert offsets.ravel().tolist() == pytest.approx([run_clean, run_robust, 50.0, 25.0])  # float64, as above
     plots.pyplot().close(fig)
 
     assert visualize.main(["--trade_off", str(run), str(other), "--out", str(tmp_path / "fig"), "--dpi", "60"]) == 0
