@@ -39,8 +39,9 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def attention_grid(tokens: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-    """SPEC §1 steps 1–4: `[B, 1+N, D]` tokens, `[B, D]` class text features -> `[B, 1, g, g]`.
+def patch_attention(tokens: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """SPEC §1 steps 1–4, the g×g map before upsampling: `[B, 1+N, D]` tokens, `[B, D]` class text
+    features -> `[B, 1, g, g]`.
 
     Step 1 normalises over dim=1, the *token* axis: each of the D channels is divided by its
     L2 norm across the 1+N tokens (CLS included), not each token by its own norm. This is what
@@ -77,9 +78,9 @@ def text_guided_attention(tokens: torch.Tensor, text_features: torch.Tensor, out
     `tokens`: `[B, 1+N, D]` from `ClipModel.image_tokens` (CLS first, after ln_post and proj).
     `text_features`: `[B, D]`, the normalised text feature of each image's class, without the
     ×100 logit scale. The normalisation of step 1 runs over dim=1 of the token tensor, i.e. each
-    channel across the tokens: see `attention_grid` for why that axis.
+    channel across the tokens: see `patch_attention` for why that axis.
     """
-    return upsample_map(attention_grid(tokens, text_features), out_size)
+    return upsample_map(patch_attention(tokens, text_features), out_size)
 
 
 def _linear_upsample_matrix(n: int, out: int, device, dtype=torch.float64) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attention import attention_grid, map_distance, map_distance_explicit, upsample_map
+from attention import patch_attention, map_distance, map_distance_explicit, upsample_map
 
 
 def _tokens(model, x):
@@ -46,7 +46,7 @@ def tga_zsr_loss(model, frozen_model, x, x_adv, y, text_features, alpha, beta, d
     t = text_features[y]
     if negative_text_features is None:
         def amap(tokens):
-            return attention_grid(tokens, t)
+            return patch_attention(tokens, t)
 
         def dist(a, b):
             return map_distance(a, b, distance, out_size)
@@ -54,8 +54,8 @@ def tga_zsr_loss(model, frozen_model, x, x_adv, y, text_features, alpha, beta, d
         t_neg = negative_text_features[y]
 
         def amap(tokens):  # both maps min-maxed and upsampled separately, then combined
-            pos = upsample_map(attention_grid(tokens, t), out_size)
-            neg = upsample_map(attention_grid(tokens, t_neg), out_size)
+            pos = upsample_map(patch_attention(tokens, t), out_size)
+            neg = upsample_map(patch_attention(tokens, t_neg), out_size)
             return pos * (1 - neg)
 
         def dist(a, b):  # full-size maps: the explicit distance (nothing to upsample)

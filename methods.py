@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from attacks import no_param_grad, pgd
-from attention import GradCAM, attention_grid
+from attention import GradCAM, patch_attention
 from losses import (fare_embedding_loss, ft_loss, gradcam_tga_loss, pmg_aft_attack_objective, pmg_aft_loss,
                     tga_zsr_loss, tima_loss)
 from prompters import install_prompter
@@ -322,7 +322,7 @@ class TGAZSR(Method):
         maps = self.cache.get(idx)
         if maps is None:
             with torch.no_grad():
-                maps = attention_grid(self.frozen(x), self.text[y])
+                maps = patch_attention(self.frozen(x), self.text[y])
             self.cache.put(idx, maps)
         return maps
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attention import (DISTANCES, attention_grid, map_distance, map_distance_explicit, text_guided_attention,
+from attention import (DISTANCES, patch_attention, map_distance, map_distance_explicit, text_guided_attention,
                        upsample_map)
 
 
@@ -22,11 +22,11 @@ def test_grid_matches_hand_computation():
     torch.manual_seed(1)
     tokens = torch.randn(2, 5, 3, dtype=torch.float64)  # CLS + 2×2 patches, D = 3
     text = F.normalize(torch.randn(2, 3, dtype=torch.float64), dim=-1)
-    got = attention_grid(tokens, text)
+    got = patch_attention(tokens, text)
     assert got.shape == (2, 1, 2, 2)
     for b in range(2):
         want = hand_map(tokens[b].tolist(), text[b].tolist())
-        # fp32 (attention_grid casts) vs float64: s = a 3-term dot of values ≤ 1 after a 5-term norm, a
+        # fp32 (patch_attention casts) vs float64: s = a 3-term dot of values ≤ 1 after a 5-term norm, a
         # few roundings of 6e-8 each, divided by the min-max span (≥ 0.3 here): ≤ 1e-6 (measured 9e-8)
         assert got[b].flatten().tolist() == pytest.approx(want, abs=1e-6)
 
@@ -36,7 +36,7 @@ def test_dim1_normalisation_differs_from_per_token():
     # per-token normalisation would let it dominate. The two maps must differ.
     tokens = torch.tensor([[[10.0, 1.0], [10.0, 0.0], [9.0, 3.0], [10.0, 2.0], [8.0, 0.5]]])
     text = torch.tensor([[0.6, 0.8]])
-    ours = attention_grid(tokens, text).flatten()
+    ours = patch_attention(tokens, text).flatten()
     per_token = F.normalize(tokens[0, 1:], dim=-1) @ text[0]
     per_token = (per_token - per_token.min()) / (per_token.max() - per_token.min())
     # as above (measured 2e-8); the per-token map differs from ours by 0.14, far outside 1e-3
@@ -51,7 +51,7 @@ def test_map_shape_and_range(n_tokens, grid, out):
     m = text_guided_attention(tokens, text, out)
     assert m.shape == (3, 1, out, out)
     assert m.min() >= 0 and m.max() <= 1
-    g = attention_grid(tokens, text)
+    g = patch_attention(tokens, text)
     assert g.shape == (3, 1, grid, grid)
     # exact in IEEE arithmetic: (lo − lo) / span = 0 and (hi − lo) / (hi − lo) = 1
     assert torch.equal(g.flatten(1).min(1).values, torch.zeros(3))
@@ -66,7 +66,7 @@ def test_upsampling_is_bilinear_without_align_corners():
 
 def test_constant_map_is_guarded():
     tokens = torch.ones(1, 5, 4)
-    m = attention_grid(tokens, F.normalize(torch.ones(1, 4), dim=-1))
+    m = patch_attention(tokens, F.normalize(torch.ones(1, 4), dim=-1))
     assert torch.isfinite(m).all()
 
 
@@ -120,11 +120,11 @@ def test_maps_and_distances_are_fp32_under_autocast():
     torch.manual_seed(0)
     tokens = torch.randn(4, 50, 64)
     text = F.normalize(torch.randn(4, 64), dim=-1)
-    a, b = attention_grid(tokens, text), torch.rand(4, 1, 7, 7)
+    a, b = patch_attention(tokens, text), torch.rand(4, 1, 7, 7)
     fns = (map_distance, map_distance_explicit)
     want = {(fn, m): fn(a, b, m, 224).item() for fn in fns for m in DISTANCES}
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got_map = attention_grid(tokens, text)
+        got_map = patch_attention(tokens, text)
         got = {(fn, m): fn(a, b, m, 224) for fn in fns for m in DISTANCES}
     # The same fp32 operations in the same order as without autocast: equal in practice. 1e-6 is
     # fp32 roundoff (6e-8) times the ~16 terms a reordered reduction could change, and 1/7000 of the

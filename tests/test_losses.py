@@ -102,11 +102,11 @@ def test_frozen_copy_gets_no_gradient_and_first_step_is_finite(tiny_model):
 
 
 def test_cached_frozen_maps_give_identical_loss(tiny_model):
-    from attention import attention_grid
+    from attention import patch_attention
     frozen = tiny_model.frozen_image_tower()
     x, x_adv, y, T = make_inputs(tiny_model)
     with torch.no_grad():
-        maps = attention_grid(frozen(x), T[y])
+        maps = patch_attention(frozen(x), T[y])
     a = tga_zsr_loss(tiny_model, frozen, x, x_adv, y, T, 0.08, 0.05)
     b = tga_zsr_loss(tiny_model, None, x, x_adv, y, T, 0.08, 0.05, frozen_maps=maps)
     assert torch.equal(a["loss"], b["loss"])

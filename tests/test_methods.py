@@ -210,7 +210,7 @@ def test_alpha_beta_zero_tga_equals_tecoa(tiny_model):
 
 def test_comp_tga_map_is_complementary(tiny_model):
     """Comp-TGA's loss equals the distances of A(T[y]) ⊙ (1 − A(T_neg[y])) built by hand."""
-    from attention import attention_grid, map_distance_explicit, upsample_map
+    from attention import patch_attention, map_distance_explicit, upsample_map
     model = tiny_model
     frozen = model.frozen_image_tower()
     with torch.no_grad():
@@ -225,8 +225,8 @@ def test_comp_tga_map_is_complementary(tiny_model):
     out = tga_zsr_loss(model, frozen, x, x_adv, y, T, 0.1, 0.07, "l2", negative_text_features=Tn)
 
     def comp(tokens):
-        pos = upsample_map(attention_grid(tokens, T[y]), 224)
-        neg = upsample_map(attention_grid(tokens, Tn[y]), 224)
+        pos = upsample_map(patch_attention(tokens, T[y]), 224)
+        neg = upsample_map(patch_attention(tokens, Tn[y]), 224)
         return pos * (1 - neg)
     with torch.no_grad():
         a_ori = comp(frozen(x))
@@ -482,20 +482,20 @@ def test_random_patch_corner_excludes_the_last_position():
 
 
 def test_tecoa_vpt_runs_tecoas_published_command():
-    """TeCoA's "w/ Prompting" command passes no --method: its default padding prompt of 30 joins the
+    """TeCoA's "w/ Prompting" command passes no --method (our --pixel_prompt): its default padding prompt of 30 joins the
     100 tokens (SPEC §4). The config, main.sh's row and the mini world's scaled version say so."""
     from prompters import PixelPrompter
     vpt = parse_args(["--Method", "tecoa_vpt"])
-    assert (vpt.method, vpt.prompt_size, vpt.add_prompt_size) == ("padding", 30, 100)
+    assert (vpt.pixel_prompt, vpt.prompt_size, vpt.add_prompt_size) == ("padding", 30, 100)
     text = (ROOT / "main.sh").read_text()
     block = text[text.index("    tecoa_vpt)"):]
     words = block[:block.index(";;")].replace("\\\n", " ").split()
-    assert words[words.index("--method") + 1] == "padding" and words[words.index("--prompt_size") + 1] == "30"
+    assert words[words.index("--pixel_prompt") + 1] == "padding" and words[words.index("--prompt_size") + 1] == "30"
     assert words[words.index("--add_prompt_size") + 1] == "100"
     for cfg in ("configs/mini.yaml", "configs/smoke.yaml"):  # 32×32 world images: a border that fits
         a = parse_args(["-c", cfg, "--Method", "tecoa_vpt"])
-        assert a.method == "padding" and 0 < a.prompt_size < 16
-        PixelPrompter(a.method, a.prompt_size, 32)
+        assert a.pixel_prompt == "padding" and 0 < a.prompt_size < 16
+        PixelPrompter(a.pixel_prompt, a.prompt_size, 32)
 
 
 def test_vpt_checkpoint_round_trip_through_eval_only(tmp_path):
