@@ -203,7 +203,10 @@ class GradCAM:
         tokens = visual.positional_embedding.shape[0] + (token_prompter.num_tokens if token_prompter else 0)
         width = self.layer.normalized_shape[-1]
         shape = (x.shape[0], tokens, width) if self.batch_first else (tokens, x.shape[0], width)
-        return torch.zeros(shape, device=x.device, requires_grad=True)
+        probe = torch.zeros(shape, device=x.device, requires_grad=True)
+        if x.shape[0] > 1:  # a compiled tower takes any batch size (device.compile_module): so does the probe
+            torch._dynamo.maybe_mark_dynamic(probe, 0 if self.batch_first else 1)
+        return probe
 
     @contextlib.contextmanager
     def capture(self, tower, x: torch.Tensor):
@@ -236,7 +239,10 @@ class GradCAM:
         act, probe = self._activation, self._probe
         self._activation = self._probe = None  # no reference kept between calls
         if act is None:
-            raise RuntimeError("the target layer did not run")
+            # torch.compile does not guard its graphs on module hooks: a tower compiled (or a graph
+            # cached) before this hook was registered never calls it. Build GradCAM before compiling.
+            raise RuntimeError("Grad-CAM: the target layer's hook did not run (a torch.compile'd tower compiled "
+                               "before the GradCAM was built ignores its hook; build it first)")
         cls = F.normalize(tokens[:, 0].float(), dim=-1)
         scores = logit_scale * cls @ class_text.float().t()                    # [B, B]
         target = scores.detach().argmax(dim=1)                                # row-wise argmax

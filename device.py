@@ -69,12 +69,17 @@ def compile_module(module: torch.nn.Module, backend: str = "inductor") -> None:
     evaluation remainder) recompiles, on top of one graph per grad mode / train-eval mode / CLS
     path, and past torch's recompile limit (8) the module silently runs eagerly. Recompiles are
     logged (`log_recompiles`). A batch of one keeps its own graph (torch specialises sizes 0 and 1)."""
+    # Grad-CAM (the Vision-based row) back-propagates through the tower twice (retain_graph=True):
+    # AOTAutograd's donated buffers (torch >= 2.6) forbid that; a little more memory in the backward.
+    functorch_config = getattr(torch, "_functorch", None) and getattr(torch._functorch, "config", None)
+    if functorch_config is not None and hasattr(functorch_config, "donated_buffer"):
+        functorch_config.donated_buffer = False
     compiled = torch.compile(module._call_impl, backend=backend)
 
     def call(*args, **kwargs):
         for a in args:
             if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] > 1:
-                torch._dynamo.mark_dynamic(a, 0)
+                torch._dynamo.maybe_mark_dynamic(a, 0)  # a hint: code that needs a fixed size may still fix it
         return compiled(*args, **kwargs)
 
     module._compiled_call_impl = call  # what nn.Module.compile sets (torch >= 2.2)
