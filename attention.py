@@ -25,6 +25,10 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 DISTANCES = ("l2", "cos", "l1")
+# A torch.compile'd tower traces the Grad-CAM hook and its probe correctly on torch 2.14 (tested); on
+# the floor release, 2.3, the compiled step loses the gradient into the hooked layer's own weights.
+# Before 2.14 the Grad-CAM forwards of a compiled tower therefore run eagerly (the attacks stay compiled).
+COMPILED_HOOKS_OK = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 14)
 
 
 def attention_grid(tokens: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
@@ -234,8 +238,10 @@ class GradCAM:
         # A differentiable map needs the second derivative of attention: the fused SDPA kernels
         # (flash / memory-efficient, CPU and CUDA) have none, the math kernel is plain autograd ops.
         kernel = sdpa_kernel(SDPBackend.MATH) if differentiable else contextlib.nullcontext()
+        compiled = getattr(tower, "_compiled_call_impl", None) is not None
+        forward = tower.forward if compiled and not COMPILED_HOOKS_OK else tower   # .forward: eager
         with torch.enable_grad(), self.capture(tower, x), kernel:
-            tokens = tower(x)
+            tokens = forward(x)
         act, probe = self._activation, self._probe
         self._activation = self._probe = None  # no reference kept between calls
         if act is None:

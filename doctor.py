@@ -309,16 +309,22 @@ def measure_vit(r: Report, device, precision: str, train_batch: int, test_batch:
     return out
 
 
-def estimate(r: Report, speed: dict) -> dict:
-    """Wall clock of `bash main.sh tga_zsr` from the measured per-image times (linear in batch size:
-    an extrapolation on a CPU, where the measured batch is small)."""
+def estimate_hours(train_img_per_s: float, pgd_step_img_per_s: float) -> dict:
+    """Wall clock of `bash main.sh tga_zsr` from measured throughputs (a TGA-ZSR step, one PGD step):
+    linear in the number of images, so an extrapolation where the measured batch is small (CPU)."""
     steps = math.ceil(TRAIN_IMAGES / BATCH) * EPOCHS
-    train_s = steps * BATCH / speed["train"]["img_per_s"]
+    train_s = steps * BATCH / train_img_per_s
     test_images = sum(expected_count(n, "test") or 0 for n in TEST_DATASETS)
     # PGD-100 = 100 (forward + input backward) + a clean and a final forward (≈ 1 step)
-    eval_s = test_images * (PGD_STEPS + 1) / speed["pgd"]["img_per_s"]
-    est = {"train_steps": steps, "train_hours": train_s / 3600, "test_images": test_images,
-           "eval_hours": eval_s / 3600, "total_hours": (train_s + eval_s) / 3600}
+    eval_s = test_images * (PGD_STEPS + 1) / pgd_step_img_per_s
+    return {"train_steps": steps, "train_hours": train_s / 3600, "test_images": test_images,
+            "eval_hours": eval_s / 3600, "total_hours": (train_s + eval_s) / 3600}
+
+
+def estimate(r: Report, speed: dict) -> dict:
+    est = estimate_hours(speed["train"]["img_per_s"], speed["pgd"]["img_per_s"])
+    steps, test_images = est["train_steps"], est["test_images"]
+    train_s, eval_s = est["train_hours"] * 3600, est["eval_hours"] * 3600
     r.add("estimate tga_zsr", "info", f"training {steps} steps ≈ {train_s / 3600:.2f} h, PGD-100 on "
           f"{test_images} test images ≈ {eval_s / 3600:.2f} h, total ≈ {(train_s + eval_s) / 3600:.2f} h (estimate: "
           "measured step times × counts; data loading assumed hidden)")
