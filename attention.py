@@ -25,6 +25,10 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 DISTANCES = ("l2", "cos", "l1")
+# A torch.compile'd tower traces the Grad-CAM hook and its probe correctly on torch 2.14 (tested); on
+# the floor release, 2.3, the compiled step loses the gradient into the hooked layer's own weights.
+# Before 2.14 the Grad-CAM forwards of a compiled tower therefore run eagerly (the attacks stay compiled).
+COMPILED_HOOKS_OK = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 14)
 
 
 def fp32(device: torch.device):
@@ -180,7 +184,8 @@ def map_distance_explicit(a: torch.Tensor, b: torch.Tensor, metric: str, out_siz
 # paper describes; a deviation, `--differentiable_cam`).
 #
 # The hook is registered once, when `GradCAM` is built, and records only inside `capture()`;
-# `remove()` takes it off. (The original registers a new hook on every call and leaks them.)
+# `remove()` takes it off. The gradient is taken through a zero "probe" added to the activation,
+# which keeps the computation differentiable inside a torch.compile'd tower (see `maps`). (The original registers a new hook on every call and leaks them.)
 #
 #     cam = GradCAM(model.image_tower)
 #     maps, tokens = cam.maps(model.image_tower, x, model.logit_scale, T[y])
@@ -202,20 +207,34 @@ class GradCAM:
         self.num_patches = getattr(tower, "num_patches", None)
         self._recording = False
         self._activation = None
+        self._probe = None
         self._handle = self.layer.register_forward_hook(self._record)
 
     def _record(self, module, inputs, output):
         if not self._recording:
             return None
-        if not output.requires_grad:
-            # The frozen tower: its activations need a graph to take the gradient of the score.
-            output = output.detach().requires_grad_(True)
+        if output.shape != self._probe.shape:
+            raise RuntimeError(f"Grad-CAM: target layer output {tuple(output.shape)}, expected "
+                               f"{tuple(self._probe.shape)} (tokens of the tower and its prompts)")
+        output = output + self._probe.to(output.dtype)  # + 0: the same values, see `maps`
         self._activation = output
         return output
 
+    def _make_probe(self, tower, x: torch.Tensor) -> torch.Tensor:
+        """Zeros of the target layer's output shape (class token, patches, prompt tokens)."""
+        visual = getattr(tower, "visual", tower)
+        token_prompter = getattr(getattr(tower, "prompter", None), "token_prompter", None)
+        tokens = visual.positional_embedding.shape[0] + (token_prompter.num_tokens if token_prompter else 0)
+        width = self.layer.normalized_shape[-1]
+        shape = (x.shape[0], tokens, width) if self.batch_first else (tokens, x.shape[0], width)
+        probe = torch.zeros(shape, device=x.device, requires_grad=True)
+        if x.shape[0] > 1:  # a compiled tower takes any batch size (device.compile_module): so does the probe
+            torch._dynamo.maybe_mark_dynamic(probe, 0 if self.batch_first else 1)
+        return probe
+
     @contextlib.contextmanager
-    def capture(self):
-        self._recording, self._activation = True, None
+    def capture(self, tower, x: torch.Tensor):
+        self._recording, self._activation, self._probe = True, None, self._make_probe(tower, x)
         try:
             yield
         finally:
@@ -239,17 +258,27 @@ class GradCAM:
         # A differentiable map needs the second derivative of attention: the fused SDPA kernels
         # (flash / memory-efficient, CPU and CUDA) have none, the math kernel is plain autograd ops.
         kernel = sdpa_kernel(SDPBackend.MATH) if differentiable else contextlib.nullcontext()
-        with torch.enable_grad(), self.capture(), kernel:
-            tokens = tower(x)
-        act = self._activation
-        self._activation = None  # no reference kept between calls
+        compiled = getattr(tower, "_compiled_call_impl", None) is not None
+        forward = tower.forward if compiled and not COMPILED_HOOKS_OK else tower   # .forward: eager
+        with torch.enable_grad(), self.capture(tower, x), kernel:
+            tokens = forward(x)
+        act, probe = self._activation, self._probe
+        self._activation = self._probe = None  # no reference kept between calls
         if act is None:
-            raise RuntimeError("the target layer did not run")
+            # torch.compile does not guard its graphs on module hooks: a tower compiled (or a graph
+            # cached) before this hook was registered never calls it. Build GradCAM before compiling.
+            raise RuntimeError("Grad-CAM: the target layer's hook did not run (a torch.compile'd tower compiled "
+                               "before the GradCAM was built ignores its hook; build it first)")
         cls = F.normalize(tokens[:, 0].float(), dim=-1)
         scores = logit_scale * cls @ class_text.float().t()                    # [B, B]
         target = scores.detach().argmax(dim=1)                                # row-wise argmax
         selected = scores.gather(1, target[:, None]).sum()
-        (grad,) = torch.autograd.grad(selected, act, retain_graph=True, create_graph=differentiable)
+        # The gradient with respect to the activation is taken as the gradient with respect to a
+        # zero tensor added to it (same values): the probe is made here, outside the tower, so it
+        # is an input of a torch.compile'd tower too. The activation itself would be a second
+        # output of the compiled graph with no autograd path to the tokens ("appears to not have
+        # been used in the graph"); the frozen tower's activation would have no graph at all.
+        (grad,) = torch.autograd.grad(selected, probe, retain_graph=True, create_graph=differentiable)
         n = self.num_patches or (act.shape[1] - 1)
         g = math.isqrt(n)
         # [B, L, C] (or [L, B, C] for sequence-first blocks) -> the patch tokens as [B, C, g, g], row-major.

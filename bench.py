@@ -36,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from attacks import no_param_grad, pgd
 from clip_model import load_clip
 from device import autocast, make_scaler, resolve_device, resolve_precision
+from doctor import estimate_hours, peak_tflops
 from methods import TrainingSetup, available_methods, build_method
 from params import parse_args
 from train import build_optimizer, trainable_parameters
@@ -176,6 +177,11 @@ def bench_one(model, n_classes: int, args, device, precision: str) -> dict:
     return r
 
 
+def b_img_s(batch: int, r: dict) -> float:
+    """Images per second of one PGD step."""
+    return batch / r["pgd_step_s"]
+
+
 def method_setup(method, n_train: int):
     """The TrainingSetup `method` was built with, for a second instance sharing its towers."""
     return TrainingSetup(method.model, method.text, method.frozen, n_train=n_train)
@@ -234,6 +240,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--peak_tflops", type=float, default=None,
+                   help="device peak for the MFU (default: known GPUs, doctor.PEAK_TFLOPS; none on a CPU)")
     p.add_argument("--json", default=None, help="append the JSON line to this file")
     args = p.parse_args(argv)
     if args.threads:
@@ -255,6 +263,12 @@ def main(argv=None) -> int:
         r["achieved_gflop_s"] = flops / r["unit_s"] / 1e9
         if device.type == "cuda":
             r["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
+        peak = peak_tflops(device, args.peak_tflops)
+        if peak:  # model FLOPs of the step: its floor in forward units (2K + 7) × one forward's FLOPs
+            r["mfu_step"] = r["step_floor_units"] * flops / r["step_s"] / (peak * 1e12)
+            r["mfu_pgd"] = 2 * flops / r["pgd_step_s"] / (peak * 1e12)
+        # the wall clock of `bash main.sh tga_zsr` at these speeds (an estimate; see doctor.estimate_hours)
+        r["estimate_tga_zsr_hours"] = estimate_hours(r["train_img_per_s"], b_img_s(args.batch_size, r))["total_hours"]
         rows.append(r)
     meta = {"arch": args.arch, "batch_size": args.batch_size, "method": args.method, "K": args.train_numsteps,
             "device": str(device), "precision": precision, "threads": torch.get_num_threads(),
@@ -264,7 +278,8 @@ def main(argv=None) -> int:
             ("fwd_input_bwd_units", "{:.2f}"), ("step_units", "{:.2f}"), ("step_ratio", "{:.3f}"),
             ("cached_step_units", "{:.2f}"), ("cached_ratio", "{:.3f}"), ("pgd_step_units", "{:.2f}"),
             ("pgd_step_ratio", "{:.3f}"), ("pgd100_batch_s", "{:.1f}"), ("train_img_per_s", "{:.2f}"),
-            ("achieved_gflop_s", "{:.1f}")]
+            ("achieved_gflop_s", "{:.1f}"), ("mfu_step", "{:.3f}"), ("mfu_pgd", "{:.3f}"),
+            ("estimate_tga_zsr_hours", "{:.1f}")]
     print("| " + " | ".join(c for c, _ in cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:

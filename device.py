@@ -1,5 +1,8 @@
-"""Where and how the computation runs: device, precision (autocast, GradScaler), seeds and the
-saved state of every random number generator (what an exact resume restores).
+"""Where and how the computation runs: device, precision (autocast, GradScaler, TF32),
+torch.compile, seeds and the saved state of every random number generator (what an exact resume
+restores).
+
+Supported PyTorch: 2.3 and newer (requirements.txt); nothing here needs a newer release.
 
     from device import resolve_device, autocast
     device = resolve_device("auto")          # CUDA when present, else the CPU
@@ -7,10 +10,13 @@ saved state of every random number generator (what an exact resume restores).
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 
 import numpy as np
 import torch
+
+log = logging.getLogger("tga_zsr")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -38,7 +44,50 @@ def autocast(device: torch.device, precision: str):
 
 
 def make_scaler(device: torch.device, precision: str):
+    """GradScaler for fp16 autocast on CUDA, disabled otherwise (`torch.amp.GradScaler`: torch >= 2.3)."""
     return torch.amp.GradScaler(device.type, enabled=(precision == "amp" and device.type == "cuda"))
+
+
+def set_tf32(enabled: bool, device: torch.device) -> None:
+    """`--tf32`: let fp32 matmuls use TF32 tensor cores on Ampere and newer GPUs (about 10 bits of
+    mantissa instead of 23: faster, less exact). Off by default, as in the original code; fp16/bf16
+    autocast matmuls are unaffected, cuDNN convolutions keep torch's own default. No effect on the CPU."""
+    if device.type == "cuda":  # on the CPU "high" may pick reduced-precision oneDNN kernels instead
+        torch.set_float32_matmul_precision("high" if enabled else "highest")
+
+
+def tf32_active(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.get_float32_matmul_precision() != "highest"
+
+
+# --- torch.compile ----------------------------------------------------------------------------------
+def compile_module(module: torch.nn.Module, backend: str = "inductor") -> None:
+    """torch.compile `module` in place, like `nn.Module.compile` (state dict keys unchanged), with the
+    batch dimension of its tensor arguments marked dynamic at every call.
+
+    Without the mark, every new batch size (the last batch of an epoch, TGA-ZSR's [x_adv; x], an
+    evaluation remainder) recompiles, on top of one graph per grad mode / train-eval mode / CLS
+    path, and past torch's recompile limit (8) the module silently runs eagerly. Recompiles are
+    logged (`log_recompiles`). A batch of one keeps its own graph (torch specialises sizes 0 and 1)."""
+    # Grad-CAM (the Vision-based row) back-propagates through the tower twice (retain_graph=True):
+    # AOTAutograd's donated buffers (torch >= 2.6) forbid that; a little more memory in the backward.
+    functorch_config = getattr(torch, "_functorch", None) and getattr(torch._functorch, "config", None)
+    if functorch_config is not None and hasattr(functorch_config, "donated_buffer"):
+        functorch_config.donated_buffer = False
+    compiled = torch.compile(module._call_impl, backend=backend)
+
+    def call(*args, **kwargs):
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] > 1:
+                torch._dynamo.maybe_mark_dynamic(a, 0)  # a hint: code that needs a fixed size may still fix it
+        return compiled(*args, **kwargs)
+
+    module._compiled_call_impl = call  # what nn.Module.compile sets (torch >= 2.2)
+
+
+def log_recompiles() -> None:
+    """Print every recompilation of a compiled module with the guard that failed (torch's logger)."""
+    torch._logging.set_logs(recompiles=True)
 
 
 def seed_everything(seed: int) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -180,9 +181,25 @@ def wrap_trainable(model, device: torch.device) -> DistributedDataParallel | Non
     if not any(p.requires_grad for p in tower.parameters()):
         return None
     ddp = DistributedDataParallel(tower, device_ids=[device.index] if device.type == "cuda" else None,
-                                  find_unused_parameters=False, forward_sync_buffers=False)
+                                  find_unused_parameters=False, **no_forward_buffer_sync())
     object.__setattr__(model, "ddp_tower", ddp)  # plain attribute: no new state_dict keys
     return ddp
+
+
+def no_forward_buffer_sync(ddp_parameters=None) -> dict:
+    """The DDP keyword that turns off the buffer broadcast in every forward, by feature detection.
+
+    torch 2.13 renamed `broadcast_buffers` to `forward_sync_buffers` (the old name now warns); the
+    floor release (requirements.txt: torch 2.3) knows only `broadcast_buffers`, and passing the new
+    name there is a TypeError. `ddp_parameters`: the names DDP's constructor takes (default: those
+    of the installed torch; tests pass the floor's list). The two differ only at init: the old
+    `broadcast_buffers=False` also skips the initial buffer broadcast, harmless here since the
+    tower's buffers (CLIP mean and std) are the same constants on every rank."""
+    if ddp_parameters is None:
+        ddp_parameters = inspect.signature(DistributedDataParallel.__init__).parameters
+    if "forward_sync_buffers" in ddp_parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def unwrap(model) -> None:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 import datasets
 import distributed
 from attacks import autoattack_batch, ce_loss_sum, cw_loss, no_param_grad, per_sample_start, pgd
-from device import autocast
+from device import autocast, tf32_active
 from results import append_result, find_done, format_table, read_results
 
 log = logging.getLogger("tga_zsr")
@@ -62,7 +62,7 @@ def evaluate_dataset(model, data, text_features, settings: dict, device, precisi
     if world > 1:  # no DistributedSampler: its padding would count some samples twice
         samples = Subset(samples, distributed.shard_indices(len(samples), rank, world))
     loader = DataLoader(samples, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
     was_training = model.training
     model.eval()
     n = clean = robust = 0
@@ -71,7 +71,7 @@ def evaluate_dataset(model, data, text_features, settings: dict, device, precisi
                disable=not show_progress or rank != 0)
     with no_param_grad(model):
         for x, y, idx in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = datasets.images_to(x, device), y.to(device, non_blocking=True)
             with autocast(device, precision):
                 with torch.no_grad():
                     clean += (model.logits(x, text_features).argmax(1) == y).sum().item()
@@ -103,7 +103,8 @@ def evaluate_run(args, model, run_dir: Path, checkpoint_desc: str, device, preci
     Each row carries the settings, the method's name and its display `label`."""
     results_file = Path(run_dir) / "results.jsonl"
     done_rows = distributed.broadcast_from_main(read_results(results_file))  # every rank skips the same sets
-    settings = eval_settings(args, checkpoint_desc, precision)
+    # --tf32 on a GPU is part of the precision a result was measured in (its own table, never skipped as done)
+    settings = eval_settings(args, checkpoint_desc, precision + ("+tf32" if tf32_active(device) else ""))
     rows = []
     for name in args.testdata:
         canon = datasets.canonical_name(name)

@@ -5,6 +5,7 @@
 #   METHOD=fare bash main.sh smoke  # the same smoke setup with any method of the registry
 #   bash main.sh smoke-all          # all eleven methods on the smoke setup, one folder, one table
 #   bash main.sh test               # the test suite (what CI runs)
+#   bash main.sh doctor             # self-check of this machine's device paths + estimate of a tga_zsr run (doctor.json)
 #   bash main.sh mini               # the mini benchmark: every row in the procedural world, CPU, one table
 #   bash main.sh tga_zsr            # one row of the paper's table (GPU): ViT-B/32, TinyImageNet, 16 test sets
 #   bash main.sh all                # every row in sequence, each evaluated after training
@@ -179,6 +180,11 @@ case "$job" in
   test)
     "$PY" -m pytest -q tests "$@"
     ;;
+  doctor)
+    # What a GPU run would meet, in minutes: every device path against the CPU, fp16/bf16, compile,
+    # DDP over the visible GPUs, ViT-B/32 memory, speed, MFU and the wall clock of `bash main.sh tga_zsr`.
+    "$PY" doctor.py "$@"
+    ;;
   all)
     # Every row of the paper's table in sequence (GPU); each run is evaluated after training.
     for m in "${ROWS[@]}"; do
@@ -188,7 +194,7 @@ case "$job" in
     ;;
   *)
     if [[ " ${ROWS[*]} " != *" $job "* ]]; then
-      echo "unknown job '$job'. Jobs: smoke, smoke-all, mini, test, all, ${ROWS[*]}" >&2
+      echo "unknown job '$job'. Jobs: smoke, smoke-all, mini, test, doctor, all, ${ROWS[*]}" >&2
       exit 2
     fi
     row "$job" "$@"

@@ -12,12 +12,11 @@ for a new method.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import yaml
 
-from datasets import TEST_DATASETS
+from datasets import TEST_DATASETS, default_workers
 from methods import DEFAULT_METHOD_NAME, MINI_LR_FACTOR, canonical_method, get_method, method_flags
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -58,7 +57,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--root", default="./data", help="folder that holds the datasets")
     g.add_argument("--testdata", nargs="+", default=list(TEST_DATASETS), help="zero-shot test datasets")
     g.add_argument("--n_samples", type=int, default=0, help="seeded class-balanced test subset size (0: all)")
-    g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loader workers")
+    g.add_argument("--workers", type=int, default=default_workers(),
+                   help="data loader workers per process (default: the CPUs per torchrun process of this node, at most 8)")
 
     g = p.add_argument_group("Optimizer and schedule")
     g.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
@@ -104,9 +104,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", default="amp", choices=["amp", "fp32", "bf16"],
                    help="amp = fp16 autocast + GradScaler on CUDA (the original), fp32 on CPU")
     g.add_argument("--compile", action="store_true",
-                   help="torch.compile the visual towers (trained and frozen); checkpoints are unchanged")
+                   help="torch.compile the visual towers (trained and frozen; batch dimension dynamic, "
+                        "recompiles logged); checkpoints are unchanged")
+    g.add_argument("--tf32", action="store_true",
+                   help="fp32 matmuls on TF32 tensor cores (CUDA; trades precision for speed: the FARE row trains "
+                        "in fp32); off by default as in the original; recorded in results as precision '+tf32'")
     g.add_argument("--print_freq", type=int, default=50)
-    g.add_argument("--save_freq", type=int, default=50, help="checkpoint every N steps (0: only per epoch)")
+    g.add_argument("--save_freq", type=int, default=0,
+                   help="also checkpoint every N steps (default 0: at each epoch end only; a ViT-B/32 "
+                        "checkpoint is 0.7 GB, the original's 50 wrote ~110 GB per run)")
     g.add_argument("--tensorboard", action="store_true", help="log scalars to <run>/tb")
     g.add_argument("--no_eval", action="store_true", help="skip the evaluation after training")
     g.add_argument("--dist_timeout", type=float, default=30.0,

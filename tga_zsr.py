@@ -29,7 +29,7 @@ import visualize
 from plots import plot_loss_curve
 from checkpoint import CHECKPOINT_NAME, checkpoint_id, load_file, load_visual_weights
 from clip_model import build_model
-from device import resolve_precision, seed_everything
+from device import compile_module, log_recompiles, resolve_precision, seed_everything, set_tf32
 from evaluate import evaluate_run
 from losses import tga_zsr_loss  # noqa: F401  (public API: from tga_zsr import tga_zsr_loss)
 from methods import DEFAULT_METHOD_NAME, build_method, get_method, method_label, prepare_model
@@ -98,10 +98,10 @@ def train(args, model, run_dir: Path, resume_ckpt, dist_info, precision: str) ->
     with torch.no_grad():
         text = model.encode_text(train_data.prompts)
     method = build_method(args, model, text, list(train_data.prompts), list(train_data.classnames), len(train_data))
-    if args.compile:  # in place (nn.Module.compile): state dict keys unchanged; after the frozen copy
+    if args.compile:  # in place: state dict keys unchanged; after the frozen copy
         for tower in (model.image_tower, method.frozen):
             if tower is not None:
-                tower.compile()
+                compile_module(tower)
     distributed.seed_rank_streams(args.seed)  # model built alike on all ranks; PGD starts differ
     writer = tensorboard_writer(run_dir) if args.tensorboard and dist_info.main else None
     train_precision = method.precision or precision
@@ -138,6 +138,9 @@ def run(args, dist_info: distributed.DistInfo) -> int:
     setup_logging(run_dir, dist_info.rank, dist_info.world)
     log.info(f"run folder {run_dir}  device {device}  precision {precision}"
              + (f"  {dist_info.world} processes" if dist_info.world > 1 else ""))
+    set_tf32(args.tf32, device)
+    if args.compile:
+        log_recompiles()
     seed_everything(args.seed)
     model = build_model(args, device)
 
@@ -157,7 +160,7 @@ def run(args, dist_info: distributed.DistInfo) -> int:
 
     if not args.no_eval:
         if args.compile and not training:
-            model.image_tower.compile()
+            compile_module(model.image_tower)
         evaluate_run(args, model, run_dir, checkpoint_desc, device, precision, method, method_label(method))
     return 0
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 import distributed
 from checkpoint import CHECKPOINT_NAME, atomic_save, load_trainable_state, trainable_state
-from datasets import Indexed
+from datasets import Indexed, images_to
 from device import autocast, make_scaler, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("tga_zsr")
@@ -121,6 +121,8 @@ class Trainer:
         self.step = 0          # optimiser steps done
         self.epoch = 0
         self.batch_in_epoch = 0
+        self._loader = None    # built once: its workers persist across epochs
+        self._worker_seeds = torch.Generator()
 
     # --- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -159,12 +161,19 @@ class Trainer:
 
     # --- loop ----------------------------------------------------------------------------
     def loader(self) -> DataLoader:
+        """The epoch's loader. One DataLoader for the run: with workers, they stay alive between
+        epochs (persistent_workers) and keep 4 batches each in flight; the sampler is read in this
+        process at the start of each epoch, so its epoch and resume offset still apply."""
         self.sampler.set_epoch(self.epoch)
         self.sampler.start = self.batch_in_epoch * self.batch_size  # per-rank batch: resume skips exactly
-        gen = torch.Generator().manual_seed(self.args.seed + self.epoch)  # worker seeds only
-        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
-                          num_workers=self.args.workers, pin_memory=self.device.type == "cuda",
-                          generator=gen, persistent_workers=False)
+        self._worker_seeds.manual_seed(self.args.seed + self.epoch)  # worker seeds only
+        if self._loader is None:
+            workers = self.args.workers
+            self._loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
+                                      num_workers=workers, pin_memory=self.device.type == "cuda",
+                                      generator=self._worker_seeds, persistent_workers=workers > 0,
+                                      prefetch_factor=4 if workers else None)
+        return self._loader
 
     def train_step(self, x, y, idx) -> dict:
         """One optimiser step on this rank's share of a global batch, in micro-batches."""
@@ -211,7 +220,7 @@ class Trainer:
                        desc=f"epoch {self.epoch + 1}/{args.epochs}")
             sums, count, t0 = {}, 0, time.time()
             for x, y, idx in self.loader():
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                x, y = images_to(x, self.device), y.to(self.device, non_blocking=True)
                 terms = self.train_step(x, y, idx)
                 bad |= ~torch.isfinite(terms["loss"])
                 for k, v in terms.items():

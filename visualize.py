@@ -100,7 +100,7 @@ def attention_rows(original, finetuned, data, indices: list[int], settings: dict
     own white-box PGD image instead of the fine-tuned model's (the paper's per-model setting).
     """
     items = [data.dataset[i] for i in indices]
-    x = torch.stack([im for im, _ in items]).to(device)
+    x = datasets.images_to(torch.stack([im for im, _ in items]), device)
     y = torch.tensor([int(lbl) for _, lbl in items], device=device)
     idx = torch.tensor(indices)
     with torch.no_grad():

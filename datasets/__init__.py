@@ -27,10 +27,11 @@ the package back: they import `datasets.registry`, `datasets.catalog`, ... direc
 from datasets import synthetic, world  # noqa: F401
 from datasets import tinyimagenet, imagenet, torchvision_sets  # noqa: F401
 from datasets.catalog import TABLE_ORDER, TEST_DATASETS, DatasetError
+from datasets.common import default_workers, images_to, to_unit
 from datasets.labelled import Indexed, class_balanced_subset, dataset_labels
 from datasets.registry import (TEMPLATE, ZeroShotData, available, canonical_name, check_dataset, clean_name,
                                get_dataset, register)
 
 __all__ = ["get_dataset", "check_dataset", "class_balanced_subset", "dataset_labels", "canonical_name",
            "available", "clean_name", "TEMPLATE", "DatasetError", "ZeroShotData", "TEST_DATASETS", "TABLE_ORDER",
-           "register", "Indexed"]
+           "register", "Indexed", "to_unit", "images_to", "default_workers"]

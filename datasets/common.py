@@ -2,14 +2,19 @@
 conversion and class-name files.
 
 The transforms are the original code's (SPEC §0/§5): `Resize(256) + CenterCrop(224)` for most
-sets and `Resize((224, 224))` for CIFAR and STL10, both PIL bilinear, then `ToTensor` so
-images come out in [0, 1]. Every builder puts `ToRGB` in front: Caltech101/256 and SUN397 hold
+sets and `Resize((224, 224))` for CIFAR and STL10, both PIL bilinear. They end in `PILToTensor`:
+images leave the loader workers as uint8 (a quarter of float32's bytes through the worker pipes,
+the pinned buffers and the host-to-device copy), and `to_unit` divides by 255 on the device,
+with the very values of `ToTensor` (a 256-entry table computed by ToTensor's own op on the CPU;
+tests/test_gpu_ready.py). Every builder puts `ToRGB` in front: Caltech101/256 and SUN397 hold
 grayscale and CMYK JPEGs, and torchvision's Caltech classes hand them over unconverted.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import torch
 from PIL import Image
 from torchvision import transforms as T
 
@@ -19,14 +24,47 @@ CLASSNAMES_DIR = Path(__file__).resolve().parent / "classnames"
 
 
 def resize_center_crop(size: int = 224):
-    """Resize(256) + CenterCrop(224) + ToTensor (PIL bilinear), SPEC §0/§5."""
+    """Resize(256) + CenterCrop(224) (PIL bilinear), SPEC §0/§5, as uint8 (`to_unit` gives [0, 1])."""
     return T.Compose([T.Resize(int(size * 256 / 224), interpolation=T.InterpolationMode.BILINEAR),
-                      T.CenterCrop(size), T.ToTensor()])
+                      T.CenterCrop(size), T.PILToTensor()])
 
 
 def resize_square(size: int = 224):
-    """Resize((224, 224)) + ToTensor, used for CIFAR and STL10 (SPEC §5)."""
-    return T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR), T.ToTensor()])
+    """Resize((224, 224)), used for CIFAR and STL10 (SPEC §5), as uint8 (`to_unit` gives [0, 1])."""
+    return T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR), T.PILToTensor()])
+
+
+_UNIT_TABLES: dict = {}
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1], bit-identical to `ToTensor` on every device; float images
+    pass through. ToTensor computes `x.float().div(255)` on the CPU; CUDA divides by a scalar as a
+    multiplication by its reciprocal (one bit may differ), so the 256 values are made on the CPU by
+    ToTensor's op once and looked up."""
+    if x.dtype != torch.uint8:
+        return x
+    table = _UNIT_TABLES.get(x.device)
+    if table is None:
+        table = _UNIT_TABLES[x.device] = torch.arange(256, dtype=torch.uint8).float().div(255).to(x.device)
+    return table[x.long()]
+
+
+def images_to(x: torch.Tensor, device) -> torch.Tensor:
+    """A batch from a loader onto `device` (asynchronously from pinned memory), then in [0, 1]."""
+    return to_unit(x.to(device, non_blocking=True))
+
+
+def default_workers() -> int:
+    """Loader workers per process: the CPUs this process may use, shared by the torchrun processes
+    of the node, at most 8. A TinyImageNet image costs ~0.8 ms of one core (half of it Resize(256));
+    a TGA-ZSR step on one H100 takes ~2 000-4 000 images/s, i.e. 2-4 busy cores (README "Running on GPUs")."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, per_process))
 
 
 class ToRGB:

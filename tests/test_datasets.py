@@ -50,7 +50,8 @@ def test_fixture_loads_with_labels_prompts_and_images(root, name):
         assert data.prompts[label] == prompt
     for i in range(len(data)):  # includes the grayscale / CMYK files where the fixture has them
         img, y = data.dataset[i]
-        assert isinstance(img, torch.Tensor) and img.dtype == torch.float32
+        assert isinstance(img, torch.Tensor) and img.dtype == torch.uint8  # [0, 1] on the device (to_unit)
+        img = D.to_unit(img)
         assert tuple(img.shape) == (3, 224, 224)
         assert 0.0 <= img.min() and img.max() <= 1.0
         assert y == spec["labels"][i]
