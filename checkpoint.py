@@ -16,10 +16,14 @@ checkpoints, plain state dicts, and the files `save_clip` writes (the bundled ti
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 import os
 import pickle
+import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -32,35 +36,133 @@ OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
 CHECKPOINT_NAME = "last.pt"
 
 
+class CheckpointWriteError(SystemExit):
+    """A checkpoint could not be written (disk full, quota, read-only disk); the message says where
+    and how much space it needs. The file it would have replaced is untouched."""
+
+
+def temp_path(path: Path) -> Path:
+    """Where `atomic_save` writes before the rename: `.<name>.tmp-<pid>` beside the target."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _payload_bytes(obj) -> int:
+    """Bytes of the tensors in `obj` (nested dicts / lists): about the size of its checkpoint file."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_payload_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_payload_bytes(v) for v in obj)
+    return 0
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind `e`: torch.save's zip writer reports a failed write as a RuntimeError."""
+    for _ in range(8):  # a short chain: OSError, or RuntimeError from the OSError
+        if e is None or isinstance(e, OSError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def atomic_save(obj, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over the target."""
+    """torch.save to a temp file in the same folder, fsync, then rename over the target.
+
+    A failed write (disk full, quota, I/O error) removes the temp file and leaves the target as it
+    was; the CheckpointWriteError names the folder and the space needed."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        err = _os_error(e) if isinstance(e, (OSError, RuntimeError)) else None
+        if err is None:
+            raise
+        folder = path.parent.resolve()
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(folder).free
+            raise CheckpointWriteError(
+                f"no space left on the disk of {folder} ({err.strerror}) while writing {path.name}: it needs "
+                f"about {_payload_bytes(obj) / 1e6:.0f} MB and {free / 1e6:.0f} MB are free there. "
+                f"Free some space in that folder (or move the run folder to a larger disk) and run again; "
+                f"the previous {path.name} was not touched.") from e
+        raise CheckpointWriteError(f"could not write {path.name} in {folder} ({err.strerror}); "
+                                   f"the previous {path.name} was not touched.") from e
 
 
-def load_file(path: str | Path) -> dict:
-    """torch.load(weights_only=True): tensors and plain containers only, never arbitrary objects."""
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temp files of `atomic_save` writers that were killed (their pid is gone)."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        pass
+    return True
+
+
+def not_a_torch_file(path: Path) -> str | None:
+    """Why `path` cannot be a PyTorch file, from its first bytes (None: it may be one)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        return "the file is empty (an interrupted copy or download?)"
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip format (and TorchScript archives)
+        return None if zipfile.is_zipfile(path) else \
+            "the zip archive inside is cut short (an interrupted copy or download?)"
+    if head.startswith(b"\x80"):  # a pickle: torch.save's legacy format
+        return None
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")):
+        return (f"it is a web page, not weights (it starts with {head[:24].decode('utf-8', 'replace')!r}): "
+                f"download the file itself, not the page that links to it")
+    if text.startswith(b"version https://git-lfs"):
+        return "it is a Git LFS pointer, not the weights: fetch them with `git lfs pull`"
+    return f"it is not a PyTorch file (it starts with {head[:16]!r})"
+
+
+def load_file(path: str | Path, what: str = "checkpoint") -> dict:
+    """torch.load(weights_only=True): tensors and plain containers only, never arbitrary objects.
+    `what` names the file in errors (`--resume`, `--pretrained`, ...)."""
     path = Path(path)
     if not path.is_file():
-        raise SystemExit(f"checkpoint not found: {path}")
+        raise SystemExit(f"{what} {path}: file not found")
+    why = not_a_torch_file(path)
+    if why:
+        raise SystemExit(f"{what} {path} cannot be read: {why}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        refused = re.search(r"GLOBAL ([\w.]+)", str(e))
+        found = refused.group(1) if refused else "not tensors or plain values"
         raise SystemExit(
-            f"{path} holds pickled Python objects that torch.load(weights_only=True) refuses: {first}\n"
-            f"Checkpoints from elsewhere are read as tensors and plain values only. If you trust the file, "
-            f"re-save its weights once and evaluate the new file:\n"
-            f"  python -c \"import torch; c = torch.load('{path}', map_location='cpu', weights_only=False); "
-            f"torch.save({{k: v for k, v in c.items() if k in ('vision_encoder_state_dict', 'state_dict', "
-            f"'add_prompter')}}, '{path}.weights.pt')\"") from e
-    except Exception as e:
-        raise SystemExit(f"could not read {path} ({type(e).__name__}: {e}); is it a torch checkpoint?") from e
+            f"{what} {path} holds pickled Python objects ({found}), which torch.load(weights_only=True) refuses: "
+            f"unpickling can run any code, so this project reads tensors and plain values only.\n"
+            f"Never unpickle a file of unknown origin. If you trust its source, re-save just the weights where "
+            f"the file was made (torch.save(model.state_dict(), 'weights.pt')) and pass that file.") from e
+    except Exception as e:  # a truncated or damaged archive, a read error
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SystemExit(f"{what} {path} could not be read ({type(e).__name__}: {first}): the file is damaged or "
+                         f"incomplete; copy or download it again") from e
 
 
 def file_digest(path: str | Path, length: int = 12) -> str:
@@ -240,7 +342,7 @@ def read_weights_file(path: str) -> tuple[dict, dict]:
             state = torch.jit.load(path, map_location="cpu").state_dict()
             info["openai"] = True
     if state is None:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_file(path, "--pretrained")
         if not isinstance(obj, dict):
             raise ValueError(f"{path}: expected a state dict or a checkpoint dict, got {type(obj).__name__}")
         meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}

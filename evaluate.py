@@ -7,6 +7,9 @@ Cost per batch: text features once per dataset, the attack's gradients w.r.t. th
 The random start of PGD is drawn per sample from (seed, sample index), so accuracies do not
 depend on the batch size, nor on how torchrun processes share the samples: each rank takes
 `range(rank, n, world)` and the correct counts are summed exactly (distributed.py).
+An image that cannot be decoded stops the evaluation of its dataset with `CorruptImage` (the
+datasets finished before are in results.jsonl), or with `--skip_corrupt` is left out: the row's
+`n` counts the images evaluated and `skipped` those left out (datasets/labelled.py).
 
     python tga_zsr.py --eval_only --resume checkpoints/<run> --testdata cifar10 STL10
     python tga_zsr.py --table checkpoints/run_a checkpoints/run_b
@@ -53,24 +56,35 @@ def attack_batch(model, x, y, idx, text_features, settings: dict) -> torch.Tenso
 
 
 def evaluate_dataset(model, data, text_features, settings: dict, device, precision: str,
-                     batch_size: int = 256, workers: int = 0, show_progress: bool = True) -> dict:
-    """Clean and robust top-1 (in %) of `model` on `data` (a ZeroShotData).
+                     batch_size: int = 256, workers: int = 0, show_progress: bool = True,
+                     skip_corrupt: bool = False, root: str = "<root>") -> dict:
+    """Clean and robust top-1 (in %) of `model` on `data` (a ZeroShotData), over the `n` images read.
 
-    Under torchrun each rank evaluates its shard (`batch_size` per rank) and the counts are summed."""
+    Under torchrun each rank evaluates its shard (`batch_size` per rank) and the counts are summed.
+    Unreadable images raise `CorruptImage`, or are left out and counted (`skipped`) with `skip_corrupt`."""
     rank, world = distributed.rank_world()
     samples = datasets.Indexed(data.dataset)
     if world > 1:  # no DistributedSampler: its padding would count some samples twice
         samples = Subset(samples, distributed.shard_indices(len(samples), rank, world))
     loader = DataLoader(samples, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+                        collate_fn=datasets.collate_indexed)
     was_training = model.training
     model.eval()
-    n = clean = robust = 0
+    n = clean = robust = skipped = 0
     t0 = time.time()
     bar = tqdm(total=len(samples), unit="img", desc=f"eval {data.name}", dynamic_ncols=True,
                disable=not show_progress or rank != 0)
     with no_param_grad(model):
-        for x, y, idx in loader:
+        for x, y, idx, unreadable in loader:
+            if unreadable and not skip_corrupt:
+                raise datasets.CorruptImage(data.name, unreadable, root)
+            for u in unreadable:
+                log.warning(f"{data.name}: skipped unreadable image {u.path or f'#{u.index}'} ({u.reason})")
+            skipped += len(unreadable)
+            bar.update(len(unreadable))
+            if not len(x):
+                continue
             x, y = datasets.images_to(x, device), y.to(device, non_blocking=True)
             with autocast(device, precision):
                 with torch.no_grad():
@@ -82,10 +96,10 @@ def evaluate_dataset(model, data, text_features, settings: dict, device, precisi
             bar.update(y.numel())
             bar.set_postfix(clean=f"{100 * clean / n:.2f}", robust=f"{100 * robust / n:.2f}")
     bar.close()
-    n, clean, robust = distributed.sum_over_ranks([n, clean, robust])
+    n, clean, robust, skipped = distributed.sum_over_ranks([n, clean, robust, skipped])
     model.train(was_training)
     return {"n": n, "clean_acc": 100.0 * clean / max(1, n), "robust_acc": 100.0 * robust / max(1, n),
-            "seconds": round(time.time() - t0, 2)}
+            "seconds": round(time.time() - t0, 2), "skipped": skipped}
 
 
 def eval_settings(args, checkpoint_desc: str, precision: str) -> dict:
@@ -102,7 +116,7 @@ def evaluate_run(args, model, run_dir: Path, checkpoint_desc: str, device, preci
     """Evaluate on every --testdata, one results.jsonl line per dataset; skips what is done.
     Each row carries the settings, the method's name and its display `label`."""
     results_file = Path(run_dir) / "results.jsonl"
-    done_rows = distributed.broadcast_from_main(read_results(results_file))  # every rank skips the same sets
+    done_rows = distributed.broadcast_from_main(read_results(results_file, log.warning))  # every rank: same sets
     # --tf32 on a GPU is part of the precision a result was measured in (its own table, never skipped as done)
     settings = eval_settings(args, checkpoint_desc, precision + ("+tf32" if tf32_active(device) else ""))
     rows = []
@@ -117,7 +131,8 @@ def evaluate_run(args, model, run_dir: Path, checkpoint_desc: str, device, preci
                                               args.seed)
         with torch.no_grad():
             text = model.encode_text(data.prompts)
-        res = evaluate_dataset(model, data, text, settings, device, precision, args.test_batch_size, args.workers)
+        res = evaluate_dataset(model, data, text, settings, device, precision, args.test_batch_size, args.workers,
+                               skip_corrupt=getattr(args, "skip_corrupt", False), root=str(args.root))
         row = {"dataset": canon, **res, **settings, "method": method, "label": label, "run": Path(run_dir).name,
                "classes": len(data.classnames), "arch": model.arch, "pretrained": str(args.pretrained),
                "batch_size": args.test_batch_size}

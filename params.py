@@ -12,11 +12,13 @@ for a new method.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from pathlib import Path
 
 import yaml
 
-from datasets import TEST_DATASETS, default_workers
+from datasets import TEST_DATASETS, DatasetError, canonical_name, default_workers
 from methods import DEFAULT_METHOD_NAME, MINI_LR_FACTOR, canonical_method, get_method, method_flags
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -59,6 +61,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--n_samples", type=int, default=0, help="seeded class-balanced test subset size (0: all)")
     g.add_argument("--workers", type=int, default=default_workers(),
                    help="data loader workers per process (default: the CPUs per torchrun process of this node, at most 8)")
+    g.add_argument("--skip_corrupt", action="store_true",
+                   help="leave out images that cannot be decoded, with a warning naming each (counted in "
+                        "results.jsonl and the table); without it the run stops at the first one, naming it")
 
     g = p.add_argument_group("Optimizer and schedule")
     g.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
@@ -121,11 +126,77 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def load_yaml(path: str | Path) -> dict:
-    with open(path) as f:
-        cfg = yaml.safe_load(f) or {}
+    """A config file's `flag: value` mapping; plain YAML data only (safe_load: no python tags)."""
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise SystemExit(f"config {path}: cannot be read ({e.strerror})")
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        if isinstance(e, yaml.constructor.ConstructorError):
+            raise SystemExit(f"config {path}{where}: {problem}. A config holds plain data only (numbers, strings, "
+                             f"true/false, lists); tags such as !!python/... are never read: remove it")
+        raise SystemExit(f"config {path}{where}: YAML syntax error: {problem}. Fix the file; each line is "
+                         f"`flag: value`, e.g. `learning_rate: 1.0e-4` or `testdata: [cifar10, STL10]`")
     if not isinstance(cfg, dict):
         raise SystemExit(f"config {path} must be a mapping of flag: value")
     return {RENAMED_KEYS.get(k, k): v for k, v in cfg.items()}
+
+
+def check_config(cfg: dict, parser: argparse.ArgumentParser, source) -> dict:
+    """The values of one config layer, checked against the flags' types before argparse sees them
+    (argparse would take `epochs: [1]` or `Alpha: yes` as is). A lone string for a list flag
+    becomes a one-item list. SystemExit names the file, the key and what it wants."""
+    actions = {a.dest: a for a in parser._actions}
+    unknown = sorted(str(k) for k in cfg if k not in actions)
+    if unknown:
+        raise SystemExit(f"unknown keys in config {source}: {unknown}. Valid keys are the flag names, "
+                         f"e.g. learning_rate")
+    out = {}
+    for key, value in cfg.items():
+        action = actions[key]
+        many = action.nargs in ("+", "*")
+        if many and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        items = value if many and isinstance(value, list) else [value]
+        if value is None:
+            wrong = None  # null: not given
+        elif many and not isinstance(value, list):
+            wrong = "a list"
+        elif action.const is True or action.const is False or isinstance(action, argparse.BooleanOptionalAction):
+            wrong = None if isinstance(value, bool) else "true or false"
+        elif action.type in (int, float):
+            wrong = next((_type_name(action.type) for v in items if not _fits(v, action.type)), None)
+        else:  # strings, and `root`, which may also be a mapping {dataset: folder}
+            wrong = None
+        if wrong is None and action.choices and value is not None:
+            bad = [v for v in items if (action.type(v) if action.type and isinstance(v, str) else v)
+                   not in action.choices]
+            wrong = f"one of {list(action.choices)}" if bad else None
+        if wrong:
+            raise SystemExit(f"config {source}: {key}: {value!r} is not {wrong} (--{key}); fix the value in the file")
+        out[key] = value
+    return out
+
+
+def _fits(value, kind) -> bool:
+    """Whether a YAML value can stand for an int / float flag (YAML reads `1e-4` as a string)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, str):
+        try:
+            kind(value)
+        except ValueError:
+            return False
+        return True
+    return isinstance(value, int) or (kind is float and isinstance(value, float))
+
+
+def _type_name(kind) -> str:
+    return "an integer" if kind is int else "a number"
 
 
 def method_config_path(method: str) -> Path | None:
@@ -133,15 +204,17 @@ def method_config_path(method: str) -> Path | None:
     return path if path.exists() else None
 
 
-def run_args_of(resume: str | None) -> dict:
-    """The args.yaml of the run being resumed (a run folder, or a file inside one), if any."""
-    if not resume:
-        return {}
+def run_args_file(resume: str) -> Path:
+    """Where the args.yaml of the run being resumed is (a run folder, or a file inside one)."""
     p = Path(resume)
-    f = (p if p.is_dir() else p.parent) / "args.yaml"
-    if not f.is_file():
+    return (p if p.is_dir() else p.parent) / "args.yaml"
+
+
+def run_args_of(resume: str | None) -> dict:
+    """The args.yaml of the run being resumed, if any."""
+    if not resume or not run_args_file(resume).is_file():
         return {}
-    return {k: v for k, v in load_yaml(f).items() if k not in PER_INVOCATION}
+    return {k: v for k, v in load_yaml(run_args_file(resume)).items() if k not in PER_INVOCATION}
 
 
 def mini_learning_rate(method: str) -> float:
@@ -166,25 +239,65 @@ def parse_args(argv=None) -> argparse.Namespace:
         pre.add_argument(*name, default=None)
     pre.add_argument("--mini_lr", action="store_true")
     known, _ = pre.parse_known_args(argv)
-    user_cfg = load_yaml(known.config) if known.config else {}
-    resumed = run_args_of(known.resume)
+    user_cfg = check_config(load_yaml(known.config), parser, known.config) if known.config else {}
+    resumed = check_config(run_args_of(known.resume), parser, run_args_file(known.resume) if known.resume else "")
     method = known.Method or user_cfg.get("Method") or resumed.get("Method") or DEFAULT_METHOD_NAME
     defaults = {}
     mpath = method_config_path(method)
     if mpath is not None:
-        defaults.update(load_yaml(mpath))
+        defaults.update(check_config(load_yaml(mpath), parser, mpath))
     defaults.update(resumed)
     defaults.update(user_cfg)
     if known.mini_lr or defaults.get("mini_lr"):
         defaults["learning_rate"] = mini_learning_rate(method)
     if not (known.Method or user_cfg.get("Method") or resumed.get("Method")):
         defaults.pop("Method", None)  # None says "not given": an evaluation then names itself after its weights
-    valid = {a.dest for a in parser._actions}
-    unknown = sorted(set(defaults) - valid)
-    if unknown:
-        raise SystemExit(f"unknown keys in config: {unknown}. Valid keys are the flag names, e.g. learning_rate")
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
     if args.gpu is not None:
         args.device = f"cuda:{args.gpu}"
     return args
+
+
+# Flags whose values have a floor: (flags, smallest value, what the message says).
+LIMITS = (
+    (("train_eps", "test_eps", "train_stepsize", "test_stepsize"), 0, "must be 0 or more (1/255 units)"),
+    (("train_numsteps", "test_numsteps"), 0, "must be 0 or more PGD steps"),
+    (("learning_rate", "momentum", "weight_decay", "train_momentum"), 0, "must be 0 or more"),
+    (("batch_size", "test_batch_size", "accum_steps", "print_freq", "image_size"), 1, "must be 1 or more"),
+    (("epochs", "max_steps", "warmup", "n_samples", "workers", "save_freq", "last_num_ft", "prompt_size",
+      "add_prompt_size"), 0, "must be 0 or more"),
+)
+
+
+def validate(args, world: int = 1) -> None:
+    """Refuse settings that cannot make sense before anything is written or loaded: one message
+    listing every bad flag and what it takes, dataset names with a did-you-mean."""
+    problems = []
+    for flags, floor, what in LIMITS:
+        for flag in flags:
+            v = getattr(args, flag, None)
+            if v is not None and not (math.isfinite(v) and v >= floor):
+                problems.append(f"--{flag} {v:g}: {what}")
+    if not args.dist_timeout > 0:
+        problems.append(f"--dist_timeout {args.dist_timeout:g}: must be more than 0 minutes")
+    parts = world * args.accum_steps
+    if args.batch_size >= 1 and args.accum_steps >= 1 and args.batch_size % parts and not args.eval_only:
+        problems.append(f"--batch_size {args.batch_size}: the global batch must split evenly over {world} "
+                        f"process(es) x --accum_steps {args.accum_steps}; use a multiple of {parts}")
+    names = [("dataset", args.dataset)] + ([] if args.no_eval else [("testdata", n) for n in args.testdata])
+    for flag, name in names:
+        try:
+            canonical_name(str(name))
+        except DatasetError as e:
+            problems.append(f"--{flag} {name}: {e}")
+    for root in (args.root.values() if isinstance(args.root, dict) else [args.root]):
+        if os.path.exists(root) and not os.path.isdir(root):
+            problems.append(f"--root {root}: is a file, not a folder; give the folder that holds the datasets")
+    weights = str(args.pretrained)
+    looks_like_a_file = os.sep in weights or weights.endswith((".pt", ".pth", ".tar", ".bin"))
+    if looks_like_a_file and not weights.startswith("hf-hub:") and not os.path.isfile(weights):
+        problems.append(f"--pretrained {weights}: no such file (give a weights file, an open_clip tag such as "
+                        f"openai, or none)")
+    if problems:
+        raise SystemExit("invalid settings (nothing was written):\n  " + "\n  ".join(problems))

@@ -3,6 +3,9 @@ finishes) and the challenge table built from them (SPEC §5–6).
 
 A rerun with identical settings (`SETTING_KEYS`) skips the datasets already in the file; a line
 cut short by a kill is ignored (that dataset is redone) and the next line starts on a fresh line.
+Every ignored line is reported with its number and the reason (not JSON, a field missing).
+A row's `n` is the number of images its accuracies are over; `skipped` counts the unreadable
+images left out with `--skip_corrupt`, and the table marks such cells with † and a note.
 
 The table: per-dataset robust and clean top-1, their unweighted means, and Average =
 (robust + clean) / 2, one row per run, labelled with the `label` its results carry (the paper's
@@ -22,6 +25,7 @@ import argparse
 import csv
 import json
 import os
+import sys
 from pathlib import Path
 
 RESULTS_NAME = "results.jsonl"
@@ -32,6 +36,12 @@ GROUP_KEYS = ("attack", "norm", "eps", "steps", "step_size", "n_samples")
 # PGD accuracies do not depend on it; see evaluate.py).
 SETTING_KEYS = GROUP_KEYS + ("precision", "seed", "checkpoint")
 MISSING = "–"
+# What a results row must hold to be counted (older or hand-edited rows without them are ignored).
+REQUIRED = {"dataset": str, "n": int, "clean_acc": (int, float), "robust_acc": (int, float)}
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def results_path(run_or_file: str | Path) -> Path:
@@ -39,28 +49,48 @@ def results_path(run_or_file: str | Path) -> Path:
     return p / RESULTS_NAME if p.is_dir() or p.suffix != ".jsonl" else p
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The JSON objects of a .jsonl file (results, history); a line cut by a kill is skipped."""
-    path = Path(path)
+def _numbered_rows(path: Path, warn) -> list[tuple[int, dict]]:
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    lines = path.read_text().splitlines()
+    for lineno, line in enumerate(lines, 1):
         line = line.strip()
         if not line:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill: that dataset is simply redone
+        except json.JSONDecodeError as e:
+            cut = lineno == len(lines) and line.startswith("{")
+            warn(f"{path} line {lineno} ignored: " + ("cut short (the process was killed while writing it)"
+                                                       if cut else f"not JSON ({e.msg}: {line[:40]!r})"))
             continue
         if isinstance(row, dict):
-            rows.append(row)
+            rows.append((lineno, row))
+        else:
+            warn(f"{path} line {lineno} ignored: a JSON {type(row).__name__}, not an object")
     return rows
 
 
-def read_results(run_or_file: str | Path) -> list[dict]:
-    """All complete rows of a run's results.jsonl (a run folder or the file itself)."""
-    return [r for r in read_jsonl(results_path(run_or_file)) if "dataset" in r]
+def read_jsonl(path: str | Path, warn=warn) -> list[dict]:
+    """The JSON objects of a .jsonl file (results, history); a line that is not one (cut by a kill,
+    edited by hand) is skipped, and `warn` is told which line and why."""
+    return [row for _, row in _numbered_rows(Path(path), warn)]
+
+
+def read_results(run_or_file: str | Path, warn=warn) -> list[dict]:
+    """All complete rows of a run's results.jsonl (a run folder or the file itself); a row without
+    one of the REQUIRED fields is reported and left out (that dataset counts as not evaluated)."""
+    path = results_path(run_or_file)
+    rows = []
+    for lineno, r in _numbered_rows(path, warn):
+        bad = [k for k, kind in REQUIRED.items() if not isinstance(r.get(k), kind) or isinstance(r.get(k), bool)]
+        if bad:
+            warn(f"{path} line {lineno} ignored: no valid {', '.join(bad)} (dataset {r.get('dataset', '?')}); "
+                 f"that dataset counts as not evaluated")
+            continue
+        rows.append(r)
+    return rows
 
 
 def row_label(row: dict, label_of=None) -> str:
@@ -127,6 +157,8 @@ def format_table(rows: list[dict]) -> str:
         mc = sum(r["clean_acc"] for r in rows) / len(rows)
         mr = sum(r["robust_acc"] for r in rows) / len(rows)
         lines.append(f"| **mean** | | {mc:.2f} | {mr:.2f} |")
+    lines += [f"{r['dataset']}: {r['skipped']} unreadable image(s) skipped (--skip_corrupt); n = the {r['n']} read"
+              for r in rows if r.get("skipped")]
     return "\n".join(lines)
 
 
@@ -176,6 +208,8 @@ def build_tables(runs: list[tuple[str, list[dict]]], order: list[str] = (), labe
             clean = sum(by_ds[d]["clean_acc"] for d in have) / len(have)
             table_rows.append({"label": label, "method": method, "run": name,
                                "cells": {d: (by_ds[d]["robust_acc"], by_ds[d]["clean_acc"]) for d in have},
+                               "skipped": {d: (by_ds[d]["skipped"], by_ds[d]["n"]) for d in have
+                                           if by_ds[d].get("skipped")},
                                "robust": robust, "clean": clean, "average": (robust + clean) / 2,
                                "complete": len(have) == len(datasets), "n_datasets": len(have)})
         tables.append({"key": key, "title": group_title(key, precisions), "datasets": datasets,
@@ -189,20 +223,25 @@ def to_markdown(tables: list[dict]) -> str:
         header = ["Method"] + [f"{d} {kind}" for d in t["datasets"] for kind in ("Robust", "Clean")]
         header += ["Robust", "Clean", "Average"]
         lines = [f"### {t['title']}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        flagged = False
+        flagged, notes = False, []
         for row in t["rows"]:
             cells = [row["label"]]
             for d in t["datasets"]:
                 if d in row["cells"]:
-                    cells += [f"{row['cells'][d][0]:.2f}", f"{row['cells'][d][1]:.2f}"]
+                    dagger = "†" if d in row["skipped"] else ""
+                    cells += [f"{row['cells'][d][0]:.2f}{dagger}", f"{row['cells'][d][1]:.2f}{dagger}"]
                 else:
                     cells += [MISSING, MISSING]
             mark = "" if row["complete"] else "*"
             flagged |= not row["complete"]
             cells += [f"{row['robust']:.2f}{mark}", f"{row['clean']:.2f}{mark}", f"{row['average']:.2f}{mark}"]
             lines.append("| " + " | ".join(cells) + " |")
+            notes += [f"† {row['label']}, {d}: {k} unreadable image(s) skipped (--skip_corrupt); accuracy over the "
+                      f"{n} read." for d, (k, n) in row["skipped"].items()]
         if flagged:
             lines += ["", f"\\* mean over the datasets that run has, not all {len(t['datasets'])}."]
+        if notes:
+            lines += [""] + notes
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
@@ -211,7 +250,7 @@ def write_csv(tables: list[dict], path: str | Path, order: list[str] = ()) -> No
     datasets = dataset_order({d for t in tables for d in t["datasets"]}, order)
     fields = list(GROUP_KEYS) + ["precision", "method", "label", "run"]
     fields += [f"{d}_{kind}" for d in datasets for kind in ("robust", "clean")]
-    fields += ["mean_robust", "mean_clean", "average", "n_datasets", "complete"]
+    fields += ["mean_robust", "mean_clean", "average", "n_datasets", "complete", "skipped_images"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
@@ -220,7 +259,8 @@ def write_csv(tables: list[dict], path: str | Path, order: list[str] = ()) -> No
                 rec = dict(zip(GROUP_KEYS, t["key"]))
                 rec.update(precision=t["precision"], method=row["method"], label=row["label"], run=row["run"],
                            mean_robust=f"{row['robust']:.2f}", mean_clean=f"{row['clean']:.2f}",
-                           average=f"{row['average']:.2f}", n_datasets=row["n_datasets"], complete=row["complete"])
+                           average=f"{row['average']:.2f}", n_datasets=row["n_datasets"], complete=row["complete"],
+                           skipped_images=sum(k for k, _ in row["skipped"].values()))
                 for d, (rob, cl) in row["cells"].items():
                     rec[f"{d}_robust"], rec[f"{d}_clean"] = f"{rob:.2f}", f"{cl:.2f}"
                 w.writerow(rec)

@@ -33,10 +33,10 @@ from device import compile_module, log_recompiles, resolve_precision, seed_every
 from evaluate import evaluate_run
 from losses import tga_zsr_loss  # noqa: F401  (public API: from tga_zsr import tga_zsr_loss)
 from methods import DEFAULT_METHOD_NAME, build_method, get_method, method_label, prepare_model
-from params import parse_args
+from params import parse_args, validate
 from results import table_main
-from run_folder import prepare_run_dir, setup_logging, write_run_header
-from train import NonFiniteLoss, Trainer
+from run_folder import RunLock, check_resume, prepare_run_dir, refuse_to_overwrite, setup_logging, write_run_header
+from train import NonFiniteLoss, RunStopped, StopSignals, Trainer
 
 log = logging.getLogger("tga_zsr")
 
@@ -48,9 +48,17 @@ def check_datasets(args, train: bool) -> None:
     for i, name in enumerate(names):
         split = "train" if (train and i == 0) else "test"
         try:
-            datasets.check_dataset(datasets.canonical_name(name), args.root, split)
+            info = datasets.check_dataset(datasets.canonical_name(name), args.root, split)
+        except datasets.CorruptImage as e:
+            if not args.skip_corrupt:
+                problems.append(f"- {name} ({split}): {e}")
+            continue
         except datasets.DatasetError as e:
             problems.append(f"- {name} ({split}): {e}")
+            continue
+        if split == "test" and args.n_samples > info["count"]:
+            problems.append(f"- {name} ({split}): --n_samples {args.n_samples} is more than its {info['count']} "
+                            f"images; use at most {info['count']}, or 0 for all of them")
     if problems:
         raise SystemExit("dataset check failed before training:\n" + "\n".join(problems))
 
@@ -91,8 +99,10 @@ def loss_curve_callback(run_dir: Path):
     return callback
 
 
-def train(args, model, run_dir: Path, resume_ckpt, dist_info, precision: str) -> str | None:
-    """Fine-tune `model` in place with the method of `args`; returns the checkpoint's description (None: stopped)."""
+def train(args, model, run_dir: Path, resume_ckpt, dist_info, precision: str,
+          stop: StopSignals) -> tuple[str | None, int]:
+    """Fine-tune `model` in place with the method of `args`; returns (the checkpoint's description,
+    exit code): (None, code) when training stopped early (a non-finite loss, a signal, a fault)."""
     device = dist_info.device
     train_data = datasets.get_dataset(args.dataset, args.root, "train")
     with torch.no_grad():
@@ -108,23 +118,34 @@ def train(args, model, run_dir: Path, resume_ckpt, dist_info, precision: str) ->
     if train_precision != precision:
         log.info(f"{method.name} trains in {train_precision} (SPEC §4), whatever --precision says")
     trainer = Trainer(args, model, method, train_data, run_dir, device, train_precision, rank=dist_info.rank,
-                      world=dist_info.world, writer=writer, on_epoch_end=loss_curve_callback(run_dir))
+                      world=dist_info.world, writer=writer, on_epoch_end=loss_curve_callback(run_dir),
+                      should_stop=lambda: stop.received and stop.name)
     if resume_ckpt is not None:
-        trainer.load_state_dict(load_file(resume_ckpt))
+        trainer.load_state_dict(load_file(resume_ckpt, "--resume"))
         log.info(f"resumed from {resume_ckpt} at step {trainer.step} (epoch {trainer.epoch})")
     log.info(f"training {method.name}: {trainer.total_steps} steps of batch {args.batch_size}"
              + (f" ({trainer.micro_batch} per micro-batch: {dist_info.world} processes x "
                 f"{trainer.accum_steps} accumulation steps)" if trainer.micro_batch != args.batch_size else ""))
     try:
-        trainer.fit()
+        with stop.deferred():
+            trainer.fit()
     except NonFiniteLoss as e:
         log.error(str(e))
-        return None
-    return f"{CHECKPOINT_NAME}@step{trainer.step}"
+        return None, 2
+    except RunStopped as e:
+        log.error(str(e))
+        return None, e.code
+    if stop.received:  # arrived during the last step: the final checkpoint is on disk
+        log.error(f"{stop.name}: training finished (step {trainer.step}); evaluation not started. "
+                  f"Evaluate with: python tga_zsr.py --resume {run_dir}")
+        return None, stop.exit_code
+    return f"{CHECKPOINT_NAME}@step{trainer.step}", 0
 
 
-def run(args, dist_info: distributed.DistInfo) -> int:
-    """Train (unless eval-only or CLIP) and evaluate, as one process or one torchrun rank."""
+def run(args, dist_info: distributed.DistInfo, stop: StopSignals) -> int:
+    """Train (unless eval-only or CLIP) and evaluate, as one process or one torchrun rank.
+    Everything that can be checked is checked before the run folder is written."""
+    validate(args, dist_info.world)
     method_cls = get_method(args.Method or DEFAULT_METHOD_NAME, args.atten_methods)
     device = dist_info.device
     precision = resolve_precision(args.precision, device)
@@ -132,36 +153,48 @@ def run(args, dist_info: distributed.DistInfo) -> int:
     if training:
         args.Method = method_cls.name
     run_dir, resume_ckpt = prepare_run_dir(args, method_cls)
-    check_datasets(args, training)
-    if dist_info.main:
-        write_run_header(run_dir, args)
-    setup_logging(run_dir, dist_info.rank, dist_info.world)
-    log.info(f"run folder {run_dir}  device {device}  precision {precision}"
-             + (f"  {dist_info.world} processes" if dist_info.world > 1 else ""))
-    set_tf32(args.tf32, device)
-    if args.compile:
-        log_recompiles()
-    seed_everything(args.seed)
-    model = build_model(args, device)
+    with RunLock(run_dir, hold=dist_info.main) as lock:
+        if not args.resume and not args.eval_only:
+            refuse_to_overwrite(run_dir)
+        check_datasets(args, training)
+        obj = load_file(resume_ckpt, "--resume") if resume_ckpt is not None else None
+        if training and obj is not None:
+            check_resume(args, obj, resume_ckpt)
+            obj = None  # the trainer reads it again: no second copy held while it trains
+        if dist_info.main:
+            write_run_header(run_dir, args)
+        setup_logging(run_dir, dist_info.rank, dist_info.world)
+        log.info(f"run folder {run_dir}  device {device}  precision {precision}"
+                 + (f"  {dist_info.world} processes" if dist_info.world > 1 else ""))
+        set_tf32(args.tf32, device)
+        if args.compile:
+            log_recompiles()
+        seed_everything(args.seed)
+        model = build_model(args, device)
 
-    checkpoint_desc, method = pretrained_id(args.pretrained), method_cls.name
-    if training:
-        checkpoint_desc = train(args, model, run_dir, resume_ckpt, dist_info, precision)
-        if checkpoint_desc is None:
-            return 2
-    elif resume_ckpt is not None:
-        prepare_model(model, args)  # the prompts must exist before they are loaded
-        obj = load_file(resume_ckpt)
-        fmt = load_visual_weights(model, resume_ckpt, obj)
-        checkpoint_desc, method = checkpoint_id(resume_ckpt, obj), eval_method(args, obj, resume_ckpt)
-        log.info(f"loaded {resume_ckpt} ({fmt}) as {checkpoint_desc}")
-    elif args.eval_only:
-        method = eval_method(args, None, None)
+        checkpoint_desc, method = pretrained_id(args.pretrained), method_cls.name
+        if obj is not None:
+            prepare_model(model, args)  # the prompts must exist before they are loaded
+            fmt = load_visual_weights(model, resume_ckpt, obj)
+            checkpoint_desc, method = checkpoint_id(resume_ckpt, obj), eval_method(args, obj, resume_ckpt)
+            log.info(f"loaded {resume_ckpt} ({fmt}) as {checkpoint_desc}")
+        elif args.eval_only:
+            method = eval_method(args, None, None)
+        lock.started = True  # from here on the folder holds work: a failure keeps it
+        if training:
+            checkpoint_desc, code = train(args, model, run_dir, resume_ckpt, dist_info, precision, stop)
+            if checkpoint_desc is None:
+                return code
 
-    if not args.no_eval:
-        if args.compile and not training:
-            compile_module(model.image_tower)
-        evaluate_run(args, model, run_dir, checkpoint_desc, device, precision, method, method_label(method))
+        if not args.no_eval:
+            if args.compile and not training:
+                compile_module(model.image_tower)
+            try:
+                evaluate_run(args, model, run_dir, checkpoint_desc, device, precision, method, method_label(method))
+            except datasets.CorruptImage as e:
+                again = f"python tga_zsr.py --resume {run_dir}" if training else "the same command"
+                raise SystemExit(f"{e}\nThe datasets evaluated before it are in {run_dir / 'results.jsonl'}; "
+                                 f"{again} evaluates the rest.") from None
     return 0
 
 
@@ -177,7 +210,13 @@ def main(argv=None) -> int:
         return table_main(args.table, order=datasets.TABLE_ORDER, label_of=method_label)
     dist_info = distributed.init_distributed(args.device, args.dist_timeout)
     try:
-        return run(args, dist_info)
+        with StopSignals() as stop:
+            try:
+                return run(args, dist_info, stop)
+            except KeyboardInterrupt:  # a stop signal outside the training loop: stop at once
+                log.error(f"{stop.name}: stopped. Finished work is kept: checkpoints, and in results.jsonl the "
+                          f"datasets evaluated so far; the same command (or --resume RUN) goes on from there.")
+                return stop.exit_code
     except BaseException as e:
         if dist_info.world > 1 and not (isinstance(e, SystemExit) and e.code in (0, None)):
             # torchrun stops the other ranks when this one exits non-zero; say which one failed.

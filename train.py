@@ -12,12 +12,22 @@ batch) in `--accum_steps` K micro-batches of batch/(W·K); each micro-batch loss
 its share of the rank's batch, DDP averages over ranks, and there is one optimiser step and
 one LR update per global batch. The schedule is counted in global steps, `len(loader)·epochs`
 of the global batch, whatever W and K are (tests/test_distributed.py).
+
+Stops that lose nothing (README "When something goes wrong"): SIGTERM, SIGINT and SIGUSR1
+(`StopSignals`), an image that cannot be decoded (without `--skip_corrupt`) and a checkpoint that
+cannot be written end the loop at a step boundary with `RunStopped`, whose message ends with the
+command that resumes; the checkpoint on disk is that of the last finished step (or the previous
+one, intact, when the disk is full).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -27,8 +37,8 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 import distributed
-from checkpoint import CHECKPOINT_NAME, atomic_save, load_trainable_state, trainable_state
-from datasets import Indexed, images_to
+from checkpoint import CHECKPOINT_NAME, CheckpointWriteError, atomic_save, load_trainable_state, trainable_state
+from datasets import CorruptImage, Indexed, collate_indexed, images_to
 from device import autocast, make_scaler, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("tga_zsr")
@@ -89,12 +99,82 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+class RunStopped(Exception):
+    """Training stopped at a step boundary without losing work; the message says how to resume."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, n))
+
+
+class StopSignals:
+    """SIGTERM (a cluster's preemption, `kill`), SIGINT (Ctrl-C) and SIGUSR1 (SLURM's `--signal`),
+    handled in one place; tga_zsr.py installs it around a run. While the Trainer runs (inside
+    `deferred()`) a signal only sets `received`: the Trainer saves a checkpoint at the next step
+    boundary and stops. Anywhere else, and at a second Ctrl-C, it stops at once (KeyboardInterrupt);
+    what is already on disk (checkpoints, finished datasets' results) stays."""
+
+    def __init__(self):
+        self.received = None  # number of the first signal
+        self._deferring = False
+        self._previous = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in STOP_SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        again = self.received is not None
+        self.received = self.received or signum
+        if self._deferring and not (again and signum == signal.SIGINT):
+            hint = " (Ctrl-C again: stop now, without one)" if signum == signal.SIGINT else ""
+            os.write(2, f"\n{signal.Signals(signum).name}: stopping at the next step boundary, with a "
+                        f"checkpoint{hint}\n".encode())
+            return
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received or signal.SIGINT).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.received or signal.SIGINT)  # the shell's convention: 130 Ctrl-C, 143 SIGTERM
+
+
+def ignore_stop_signals(_worker_id: int) -> None:
+    """Loader workers leave stop signals to the main process: a terminal's Ctrl-C and a cluster's
+    SIGTERM reach every process of the job, and a worker killed by one breaks the loader."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
 class Trainer:
     """Runs `method.step` over the training set for the whole schedule, checkpointing as it goes."""
 
     def __init__(self, args, model, method, train_data, run_dir: Path, device, precision,
-                 rank: int = 0, world: int = 1, writer=None, on_epoch_end=None):
+                 rank: int = 0, world: int = 1, writer=None, on_epoch_end=None, should_stop=None):
         self.args, self.model, self.method = args, model, method
+        self.should_stop = should_stop  # () -> signal name or None, checked at each step boundary
+        self.data_name, self.skip_corrupt = train_data.name, bool(getattr(args, "skip_corrupt", False))
         self.run_dir, self.device, self.precision = Path(run_dir), device, precision
         self.rank, self.world, self.writer = rank, world, writer
         self.on_epoch_end = on_epoch_end  # called on rank 0 after each epoch's checkpoint (the loss curve)
@@ -123,6 +203,8 @@ class Trainer:
         self.batch_in_epoch = 0
         self._loader = None    # built once: its workers persist across epochs
         self._worker_seeds = torch.Generator()
+        self.saved_step = None  # step of the checkpoint on disk
+        self.skipped = 0        # unreadable training images left out (--skip_corrupt)
 
     # --- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -139,6 +221,7 @@ class Trainer:
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        self.saved_step = self.step
         per_rank = ckpt.get("rng_per_rank")
         if self.world == 1 or (per_rank and len(per_rank) == self.world):
             set_rng_state(per_rank[self.rank] if self.world > 1 else ckpt["rng"])
@@ -155,7 +238,13 @@ class Trainer:
             state = self.state_dict()
             if rngs is not None:
                 state["rng_per_rank"] = rngs
-            atomic_save(state, self.run_dir / CHECKPOINT_NAME)
+            try:
+                atomic_save(state, self.run_dir / CHECKPOINT_NAME)
+            except CheckpointWriteError as e:
+                kept = f"the checkpoint of step {self.saved_step}" if self.saved_step is not None else "no checkpoint"
+                raise RunStopped(f"{e.code}\nTraining stopped at step {self.step}; {self.run_dir} holds {kept}. "
+                                 f"Resume with: python tga_zsr.py --resume {self.run_dir}") from e
+        self.saved_step = self.step
         if self.world > 1:  # no rank runs ahead of a checkpoint that is not on disk yet (a resume reads it)
             distributed.barrier()
 
@@ -172,7 +261,8 @@ class Trainer:
             self._loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
                                       num_workers=workers, pin_memory=self.device.type == "cuda",
                                       generator=self._worker_seeds, persistent_workers=workers > 0,
-                                      prefetch_factor=4 if workers else None)
+                                      prefetch_factor=4 if workers else None,
+                                      collate_fn=collate_indexed, worker_init_fn=ignore_stop_signals)
         return self._loader
 
     def train_step(self, x, y, idx) -> dict:
@@ -219,7 +309,8 @@ class Trainer:
                        unit="img", dynamic_ncols=True, disable=self.rank != 0,
                        desc=f"epoch {self.epoch + 1}/{args.epochs}")
             sums, count, t0 = {}, 0, time.time()
-            for x, y, idx in self.loader():
+            for x, y, idx, unreadable in self.loader():
+                self._stop_if_asked(unreadable, len(x), bar)
                 x, y = images_to(x, self.device), y.to(self.device, non_blocking=True)
                 terms = self.train_step(x, y, idx)
                 bad |= ~torch.isfinite(terms["loss"])
@@ -255,4 +346,35 @@ class Trainer:
                 if stop:
                     break
             bar.close()
+        if self.skipped:
+            log.warning(f"{self.skipped} unreadable training images were left out (--skip_corrupt)")
         distributed.unwrap(self.model)
+
+    def _stop_if_asked(self, unreadable: list, n_good: int, bar) -> None:
+        """At a step boundary (the next batch fetched, not used): stop for a signal or an unreadable
+        image (all ranks together), after saving a checkpoint of the steps done; or skip the images."""
+        for u in unreadable if self.skip_corrupt and n_good else []:
+            log.warning(f"{self.data_name}: skipped unreadable image {u.path or f'#{u.index}'} ({u.reason})")
+        self.skipped += len(unreadable) if self.skip_corrupt and n_good else 0
+        corrupt = bool(unreadable) and not (self.skip_corrupt and n_good)
+        signalled = self.should_stop is not None and self.should_stop() is not None
+        flags = torch.tensor([corrupt, signalled])
+        if self.world > 1:
+            flags = torch.stack([distributed.any_rank(f) for f in flags])
+        if not flags.any():
+            return
+        bar.close()  # its line ends before the message
+        if self.saved_step != self.step:
+            self.save()
+        resume = f"python tga_zsr.py --resume {self.run_dir}"
+        if flags[1]:
+            name = self.should_stop() or "a stop signal"
+            raise RunStopped(f"{name}: training stopped at step {self.step} of {self.total_steps}, checkpoint saved "
+                             f"in {self.run_dir / CHECKPOINT_NAME}. Resume with: {resume}",
+                             code=128 + int(getattr(signal, str(name), signal.SIGTERM)))
+        where = CorruptImage(self.data_name, unreadable, self.args.root) if unreadable else \
+            "an image of another process's batch cannot be decoded (see its message)"
+        if unreadable and not n_good:
+            where = f"{where}\nEvery image of this batch is unreadable: check the dataset with --verify --deep"
+        raise RunStopped(f"{where}\nTraining stopped at step {self.step}, checkpoint saved in {self.run_dir}. "
+                         f"Resume with: {resume}  (add --skip_corrupt to leave unreadable images out)")

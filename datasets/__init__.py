@@ -14,6 +14,7 @@ Public API:
     dataset_labels(torch_dataset) -> list[int]
     canonical_name(name), available(), clean_name(name), TEMPLATE, DatasetError
     TEST_DATASETS (the 16 of SPEC §5), TABLE_ORDER (those, then the world sets: tables' order)
+    Indexed(ds), collate_indexed, CorruptImage                        # the loops' view; unreadable images
 
 The registry itself is `datasets/registry.py`; this file only imports the builders (each
 registers its datasets on import) and re-exports the API. No module of the package imports
@@ -28,10 +29,10 @@ from datasets import synthetic, world  # noqa: F401
 from datasets import tinyimagenet, imagenet, torchvision_sets  # noqa: F401
 from datasets.catalog import TABLE_ORDER, TEST_DATASETS, DatasetError
 from datasets.common import default_workers, images_to, to_unit
-from datasets.labelled import Indexed, class_balanced_subset, dataset_labels
+from datasets.labelled import CorruptImage, Indexed, class_balanced_subset, collate_indexed, dataset_labels
 from datasets.registry import (TEMPLATE, ZeroShotData, available, canonical_name, check_dataset, clean_name,
                                get_dataset, register)
 
 __all__ = ["get_dataset", "check_dataset", "class_balanced_subset", "dataset_labels", "canonical_name",
            "available", "clean_name", "TEMPLATE", "DatasetError", "ZeroShotData", "TEST_DATASETS", "TABLE_ORDER",
-           "register", "Indexed", "to_unit", "images_to", "default_workers"]
+           "register", "Indexed", "to_unit", "images_to", "default_workers", "collate_indexed", "CorruptImage"]

@@ -1,5 +1,13 @@
 """Labels without decoding images: a file-list dataset, `dataset_labels`, and the seeded
-class-balanced subset behind `--n_samples`.
+class-balanced subset behind `--n_samples`; `Indexed`, the one place every training and test
+sample is read through, and what happens to an image that cannot be decoded.
+
+Unreadable images (a truncated JPEG, a file that is not an image): `Indexed` returns an
+`Unreadable` record naming the file instead of raising inside a loader worker, and
+`collate_indexed` hands the batch's records to the loop beside the good samples. The policy, the
+same for every dataset, training and evaluation: stop with `CorruptImage`, which names the file
+and says what to do, unless `--skip_corrupt` was given; then the sample is left out with a
+warning naming it, and the count is recorded (results.jsonl `skipped`, the table's † note).
 
 torchvision keeps labels under a different attribute in every class (`targets`, `labels`,
 `_labels`, `_samples`, `y`, `samples`, an .h5 file for PCAM); `dataset_labels` normalises
@@ -11,9 +19,20 @@ that so subsetting never has to open an image.
 from __future__ import annotations
 
 import random
+import struct
+import zlib
 from dataclasses import replace
+from typing import NamedTuple
 
 import torch
+from PIL import Image
+from torch.utils.data import default_collate
+
+from datasets.catalog import DatasetError
+
+# What PIL raises on a damaged or non-image file: truncated data (OSError), unidentified or
+# broken files (UnidentifiedImageError is an OSError; PNG raises SyntaxError), bad headers.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
 
 
 class LabelledFiles(torch.utils.data.Dataset):
@@ -94,8 +113,45 @@ def class_balanced_subset(data, n: int, seed: int):
                    extra={**data.extra, "subset": {"n": n, "seed": seed}})
 
 
+class Unreadable(NamedTuple):
+    """A sample whose image could not be decoded: its index, its file (if the dataset has files), why."""
+    index: int
+    path: str
+    reason: str
+
+
+class CorruptImage(DatasetError):
+    """An image could not be decoded and --skip_corrupt was not given: names the file, says what to do."""
+
+    def __init__(self, dataset: str, bad: list, root: str = "<root>"):
+        first = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        super().__init__(
+            f"{dataset}: image {first.path or f'#{first.index}'} cannot be decoded ({first.reason}){more}.\n"
+            f"Replace the file (python -m datasets.prepare --root {root} --verify {dataset} --deep lists every "
+            f"unreadable image), or pass --skip_corrupt to leave such images out (their number is recorded in "
+            f"results.jsonl and shown in the table)")
+        self.bad = bad
+
+
+def sample_path(ds, i: int) -> str:
+    """The file of sample `i` of `ds`, read from metadata ('' for datasets held in arrays)."""
+    if isinstance(ds, torch.utils.data.Subset):
+        return sample_path(ds.dataset, ds.indices[i])
+    for attr in ("samples", "_samples"):  # ours, ImageFolder (EuroSAT), StanfordCars: (path, label)
+        value = getattr(ds, attr, None)
+        if value is not None:
+            return str(value[i][0])
+    for attr in ("_image_files", "_images", "_files"):  # torchvision's file lists, our Caltech
+        value = getattr(ds, attr, None)
+        if value is not None:
+            return str(value[i])
+    return ""
+
+
 class Indexed(torch.utils.data.Dataset):
-    """Yields (x, y, index): the index keys per-sample caches and the evaluation's per-sample attack noise."""
+    """Yields (x, y, index), or an `Unreadable` record; the index keys per-sample caches and the
+    evaluation's per-sample attack noise. Batch it with `collate_indexed`."""
 
     def __init__(self, ds):
         self.ds = ds
@@ -104,5 +160,19 @@ class Indexed(torch.utils.data.Dataset):
         return len(self.ds)
 
     def __getitem__(self, i):
-        x, y = self.ds[i]
+        try:
+            x, y = self.ds[i]
+        except DECODE_ERRORS as e:
+            return Unreadable(i, sample_path(self.ds, i), f"{type(e).__name__}: {e}")
         return x, y, i
+
+
+def collate_indexed(batch):
+    """(x, y, idx, unreadable): the readable samples stacked, and the `Unreadable` records."""
+    good = [b for b in batch if not isinstance(b, Unreadable)]
+    bad = [b for b in batch if isinstance(b, Unreadable)]
+    if not good:
+        empty = torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0), empty, empty, bad
+    x, y, idx = default_collate(good)
+    return x, y, idx, bad

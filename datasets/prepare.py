@@ -3,6 +3,7 @@
     python -m datasets.prepare --root ./data --download all          # fetch + verify everything possible
     python -m datasets.prepare --root ./data --verify                # check all 16 test sets (+ TinyImageNet train)
     python -m datasets.prepare --root ./data --verify cifar10 dtd --expect cifar10=4:10
+    python -m datasets.prepare --root ./data --verify tinyImageNet --deep  # decode every image
 
 Downloads use torchvision's own `download=True` (same folders as the loaders read), and the
 official TinyImageNet zip (progress bar, md5 check, extracted in place; val stays in its raw
@@ -12,8 +13,9 @@ hosts): a download is attempted and, when it fails, the exact files and layout a
 
 Verification builds each dataset through the registry, checks the annotation files, that the
 labels are in range, that a few images decode, and compares the image and class counts with
-the full dataset (SPEC §5). Status: OK, MISSING (folder absent), INCOMPLETE (fewer images or
-classes than expected), ERROR (present but unreadable). Exit code 1 if any requested dataset
+the full dataset (SPEC §5); `--deep` decodes every image (progress bar) and lists those that
+cannot be decoded. Status: OK, MISSING (folder absent), INCOMPLETE (fewer images or classes than
+expected), CORRUPT (images that cannot be decoded), ERROR (present but unreadable). Exit code 1 if any requested dataset
 is not OK. `--expect NAME=COUNT[:CLASSES]` overrides the expected sizes (for partial copies
 and test fixtures).
 """
@@ -24,9 +26,13 @@ import os
 import sys
 
 import torchvision.datasets as tvd
+from torch.utils.data import DataLoader
+from torchvision import transforms as T
+from tqdm import tqdm
 
 from datasets.catalog import INFO, TEST_DATASETS, DatasetError, prepare_hint
-from datasets.registry import canonical_name, check_dataset
+from datasets.labelled import CorruptImage, Indexed, collate_indexed
+from datasets.registry import canonical_name, check_dataset, get_dataset
 from datasets.tinyimagenet import URL as TINY_URL, download as download_tinyimagenet
 
 TORCHVISION_DOWNLOAD = {
@@ -71,11 +77,29 @@ def download(name: str, root: str) -> str | None:
         return f"{msg}. No internet? Run this command again on a connected machine with the same --root"
 
 
-def verify(name: str, root: str, split: str | None, expect: dict, decode: int) -> dict:
+def unreadable_images(name: str, root: str, split: str | None, workers: int = 0) -> list:
+    """Decode every image of a dataset (progress bar); the `Unreadable` records of those that fail."""
+    tiny = T.Compose([T.Resize((8, 8)), T.ToTensor()])  # the decode is what is checked
+    data = get_dataset(name, root, split or INFO[name].eval_split, transform=tiny)
+    loader = DataLoader(Indexed(data.dataset), batch_size=64, num_workers=workers, collate_fn=collate_indexed)
+    bad = []
+    with tqdm(total=len(data.dataset), unit="img", desc=f"decode {name}" + (f"[{split}]" if split else "")) as bar:
+        for x, _, _, unreadable in loader:
+            bad += unreadable
+            bar.update(len(x) + len(unreadable))
+    return bad
+
+
+def verify(name: str, root: str, split: str | None, expect: dict, decode: int, deep: bool = False,
+           workers: int = 0) -> dict:
     folder = os.path.join(root, INFO[name].folder)
     row = {"name": name if split is None else f"{name}[{split}]", "path": folder, "count": "-", "detail": ""}
     try:
         r = check_dataset(name, root, split, decode=decode)
+    except CorruptImage as e:
+        bad = unreadable_images(name, root, split, workers) if deep else e.bad
+        row.update(status="CORRUPT", detail=_corrupt_detail(bad, deep))
+        return row
     except DatasetError as e:
         row.update(status="MISSING" if not os.path.exists(folder) else "ERROR", detail=str(e))
         return row
@@ -87,8 +111,21 @@ def verify(name: str, root: str, split: str | None, expect: dict, decode: int) -
         problems.append(f"{r['count']} images, expected {want_n}")
     if want_c is not None and r["num_classes"] != want_c:
         problems.append(f"{r['num_classes']} classes, expected {want_c}")
-    row.update(status="INCOMPLETE" if problems else "OK", detail="; ".join(problems))
+    bad = unreadable_images(name, root, split, workers) if deep else []
+    if bad:
+        row.update(status="CORRUPT", detail="; ".join(problems + [_corrupt_detail(bad, deep)]))
+    else:
+        row.update(status="INCOMPLETE" if problems else "OK", detail="; ".join(problems))
     return row
+
+
+def _corrupt_detail(bad: list, deep: bool) -> str:
+    shown = "\n    ".join(f"{b.path or f'sample {b.index}'} ({b.reason})" for b in bad[:20])
+    more = f"\n    ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+    scope = f"{len(bad)} image(s) cannot be decoded" if deep else \
+        "an image cannot be decoded (--deep decodes every image and lists all of them)"
+    return (f"{scope}:\n    {shown}{more}\n  replace them from the original archive, or train / evaluate with "
+            f"--skip_corrupt to leave them out")
 
 
 def parse_expect(items) -> dict:
@@ -120,6 +157,8 @@ def main(argv=None) -> int:
                    help="override the expected image (and class) count of a dataset; "
                         "tinyImageNet[train]=N:C for the training split")
     p.add_argument("--decode", type=int, default=3, help="images decoded per dataset during --verify")
+    p.add_argument("--deep", action="store_true", help="--verify decodes every image and lists those that fail")
+    p.add_argument("--workers", type=int, default=0, help="loader processes for --deep")
     args = p.parse_args(argv)
     root = args.root
     expect = parse_expect(args.expect)
@@ -139,9 +178,9 @@ def main(argv=None) -> int:
 
     rows = []
     for name in targets:
-        rows.append(verify(name, root, None, expect, args.decode))
+        rows.append(verify(name, root, None, expect, args.decode, args.deep, args.workers))
         if name == "tinyImageNet":  # the training set is checked too
-            rows.append(verify(name, root, "train", expect, args.decode))
+            rows.append(verify(name, root, "train", expect, args.decode, args.deep, args.workers))
     width = max(len(r["name"]) for r in rows) if rows else 10
     print(f"\n{'dataset':<{width}}  {'status':<10}  {'count':>15}  path")
     for r in rows:

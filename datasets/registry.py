@@ -20,7 +20,7 @@ import torch
 from torchvision import transforms as T
 
 from datasets.catalog import INFO, DatasetError, expected_count
-from datasets.labelled import dataset_labels
+from datasets.labelled import DECODE_ERRORS, CorruptImage, Unreadable, dataset_labels, sample_path
 
 TEMPLATE = "This is a photo of a {}"  # SPEC §5 "template": no final period
 
@@ -119,9 +119,10 @@ def check_dataset(name: str, root="./data", split: str | None = None, decode: in
     for i in sorted({round(k * (n - 1) / max(decode - 1, 1)) for k in range(decode)} if n else []):
         try:
             img, _ = data.dataset[i]
-        except Exception as e:  # a truncated/corrupt file: say which dataset and sample
-            raise DatasetError(f"{canon}: sample {i} could not be decoded ({type(e).__name__}: {e}) "
-                               f"in {data.root}") from e
+        except DECODE_ERRORS as e:  # a truncated/corrupt file: name it (datasets/labelled.py)
+            path = sample_path(data.dataset, i) or f"sample {i} in {data.root}"
+            bad = [Unreadable(i, path, f"{type(e).__name__}: {e}")]
+            raise CorruptImage(canon, bad, root if isinstance(root, str) else "<root>") from e
         if tuple(img.shape[:1]) != (3,):
             raise DatasetError(f"{canon}: sample {i} decoded to shape {tuple(img.shape)}, not 3 channels")
     expected = expected_count(canon, split)
