@@ -11,12 +11,18 @@ the original `.pth.tar` (`vision_encoder_state_dict`, or `state_dict` with `modu
 `visual.` prefixes), a bare visual `state_dict` (RobustVLM / FARE), a whole-CLIP state dict.
 Whole-CLIP files for `load_clip` (`read_weights_file`): OpenAI's TorchScript archive, open_clip
 checkpoints, plain state dicts, and the files `save_clip` writes (the bundled tiny-world model).
+Whole-CLIP folders (`read_weights_folder`, SPEC §10): open_clip hub folders (`open_clip_config.json`
++ `open_clip_model.safetensors` / `open_clip_pytorch_model.bin`) and transformers `CLIPModel`
+folders (`config.json` + `model.safetensors` / `pytorch_model.bin`, converted by `hf_clip.py`).
+A visual file whose weights equal the model's before the load is refused: it changes nothing,
+so it is the wrong file or its keys were not the ones meant.
 
-    from checkpoint import load_visual_weights, read_weights_file, save_clip
+    from checkpoint import load_visual_weights, read_weights_file, read_weights_folder, save_clip
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import pickle
@@ -25,11 +31,18 @@ from pathlib import Path
 
 import torch
 
+from hf_clip import convert_state_dict, is_transformers_config, open_clip_config
+
 log = logging.getLogger("tga_zsr")
 # Buffers only OpenAI's own CLIP state dicts carry: their presence means OpenAI weights (QuickGELU).
 OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 CHECKPOINT_NAME = "last.pt"
+HUB_CONFIG, HUB_WEIGHTS = "open_clip_config.json", ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+HF_CONFIG, HF_WEIGHTS = "config.json", ("model.safetensors", "pytorch_model.bin")
+# Hub repositories fine-tuned from OpenAI's CLIP whose open_clip config does not say QuickGELU
+# (RobustVLM's ViT-L/14 models: built as ViT-L-14 + pretrained='openai', open_clip issue 771).
+OPENAI_DERIVED_HUB = ("chs20/tecoa2-clip", "chs20/tecoa4-clip", "chs20/fare2-clip", "chs20/fare4-clip")
 
 
 def atomic_save(obj, path: str | Path) -> None:
@@ -64,6 +77,7 @@ def load_file(path: str | Path) -> dict:
 
 
 def file_digest(path: str | Path, length: int = 12) -> str:
+    """sha256 of a file's bytes, the first `length` hex digits (64: all of it)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -113,17 +127,32 @@ def extract_visual_state(obj: dict) -> tuple[dict, str]:
     return state, fmt
 
 
-def load_visual_strict(visual: torch.nn.Module, state: dict, source: str) -> None:
-    """load_state_dict(strict) with an error that names every mismatched key and shape."""
-    own = visual.state_dict()
+def check_fits(module: torch.nn.Module, state: dict, source: str, what: str = "visual tower") -> None:
+    """Every missing, unexpected and mis-shaped key named, before anything is loaded."""
+    own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
-        raise SystemExit(f"{source} does not fit this model's visual tower (wrong --arch?).\n"
+        raise SystemExit(f"{source} does not fit this model's {what} (wrong --arch?).\n"
                          f"  missing keys: {missing}\n  unexpected keys: {unexpected}\n  shape mismatches: {shapes}")
-    visual.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def load_strict(module: torch.nn.Module, state: dict, source: str, what: str = "visual tower") -> None:
+    """load_state_dict(strict) with an error that names every mismatched key and shape."""
+    check_fits(module, state, source, what)
+    own = module.state_dict()
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+
+
+load_visual_strict = load_strict
+
+
+def equals_model(module: torch.nn.Module, state: dict) -> bool:
+    """Whether `state` (which fits `module`) holds exactly the weights the module has now."""
+    own = module.state_dict()
+    return all(torch.equal(state[k].to(own[k].dtype), own[k]) for k in own)
 
 
 def trained_activation(obj: dict) -> tuple[bool | None, str]:
@@ -173,7 +202,14 @@ def load_visual_weights(model, path: str | Path, obj: dict | None = None) -> str
                          f"which this model does not apply; evaluating the tower without them would measure a "
                          f"different model")
     state, fmt = extract_visual_state(obj)
-    load_visual_strict(model.visual, state, str(path))
+    check_fits(model.visual, state, str(path))
+    trains_more = bool(obj.get("prompter_state_dict") or obj.get("extra_trainable_state"))
+    if not trains_more and equals_model(model.visual, state):
+        raise SystemExit(f"{path} changes nothing: its visual weights equal those of the model it is loaded into "
+                         f"(--arch {model.arch}, --pretrained {model.pretrained}). It is the base model itself, or "
+                         f"the wrong file, or the fine-tuned tensors sit under other keys; check what the file holds "
+                         f"(python -c \"import torch; print(list(torch.load('{path}', weights_only=True)))\")")
+    load_strict(model.visual, state, str(path))
     if trained_qg is None:
         log.info(f"{path}: the file does not say which activation it was trained with; the model uses "
                  f"{act(model.quick_gelu)} (RobustVLM/FARE ViT-B-32 weights are fine-tuned OpenAI CLIP: QuickGELU)")
@@ -255,6 +291,79 @@ def read_weights_file(path: str) -> tuple[dict, dict]:
     for k in OPENAI_ONLY_KEYS:
         state.pop(k, None)
     state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in state.items()}
+    return state, info
+
+
+def read_tensors(path: str | Path) -> dict:
+    """A state dict from `.safetensors` or a torch file (`weights_only=True`; `{'state_dict': ...}` unwrapped)."""
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file as load_safetensors  # optional dependency
+        return load_safetensors(str(path))
+    obj = load_file(path)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise SystemExit(f"{path}: expected a state dict, got {type(obj).__name__}")
+    return strip_prefix(dict(obj), "module.")
+
+
+def weights_folder_kind(folder: str | Path) -> str | None:
+    """"open_clip hub folder", "transformers CLIPModel folder", or None (not a weights folder)."""
+    folder = Path(folder)
+    if (folder / HUB_CONFIG).is_file():
+        return "open_clip hub folder"
+    if (folder / HF_CONFIG).is_file():
+        try:
+            config = json.loads((folder / HF_CONFIG).read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if is_transformers_config(config):
+            return "transformers CLIPModel folder"
+    return None
+
+
+def hub_origin(folder: Path) -> str | None:
+    """`org/name` of a Hugging Face cache snapshot (`models--org--name/snapshots/<rev>`), else None."""
+    for part in folder.resolve().parts:
+        if part.startswith("models--") and part.count("--") >= 2:
+            return part[len("models--"):].replace("--", "/", 1)
+    return None
+
+
+def read_weights_folder(folder: str | Path, origin: str | None = None) -> tuple[dict, dict]:
+    """A whole CLIP from an open_clip hub folder or a transformers CLIPModel folder.
+
+    Returns (open_clip state dict, info) with info `model_cfg` (open_clip's model config),
+    `quick_gelu` (True / False, from the config, or from the origin for the OpenAI-derived hub
+    repositories whose config leaves it out: `quick_gelu_why` says which), `format` and `weights_file`."""
+    folder = Path(folder)
+    kind = weights_folder_kind(folder)
+    if kind is None:
+        raise SystemExit(f"{folder} is neither an open_clip hub folder ({HUB_CONFIG} + {' or '.join(HUB_WEIGHTS)}) "
+                         f"nor a transformers CLIPModel folder ({HF_CONFIG} + {' or '.join(HF_WEIGHTS)})")
+    hub = kind.startswith("open_clip")
+    names = HUB_WEIGHTS if hub else HF_WEIGHTS
+    weights = next((folder / n for n in names if (folder / n).is_file()), None)
+    if weights is None:
+        raise SystemExit(f"{folder} ({kind}) holds no weights file: expected {' or '.join(names)}")
+    config = json.loads((folder / (HUB_CONFIG if hub else HF_CONFIG)).read_text())
+    state = read_tensors(weights)
+    origin = origin or hub_origin(folder)
+    if hub:
+        cfg = config.get("model_cfg", config)
+        if cfg.get("quick_gelu"):
+            qg, why = True, f"{HUB_CONFIG} says quick_gelu"
+        elif origin in OPENAI_DERIVED_HUB:
+            qg, why = True, f"{origin} is fine-tuned from OpenAI's CLIP (its config leaves QuickGELU out)"
+        else:
+            qg, why = False, f"{HUB_CONFIG} does not ask for QuickGELU"
+    else:
+        cfg = open_clip_config(config)
+        qg, why = cfg["quick_gelu"], f"{HF_CONFIG} hidden_act"
+        state = convert_state_dict(state)
+    state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in state.items()}
+    info = {"format": kind, "model_cfg": dict(cfg), "quick_gelu": qg, "quick_gelu_why": why,
+            "weights_file": str(weights), "openai": False, "origin": origin}
     return state, info
 
 
