@@ -206,6 +206,8 @@ class ClipModel(nn.Module):
         g = self.visual.grid_size
         return g[0] if isinstance(g, (tuple, list)) else g
 
+    weights_file: str | None = None  # the file the weights came from, when a folder or hub id named it
+
     # DistributedDataParallel around image_tower during multi-GPU training (distributed.py),
     # set with object.__setattr__ so that it is not a submodule (state_dict keys unchanged).
     ddp_tower = None
@@ -316,7 +318,9 @@ def _load_folder(pretrained: str, quick_gelu: bool | None) -> ClipModel:
     arch = arch_of_config(info["model_cfg"], Path(origin or folder).name)
     log.info(f"{pretrained}: {info['format']}, {arch}, "
              f"{'QuickGELU' if info['quick_gelu'] else 'GELU'} ({info['quick_gelu_why']})")
-    return ClipModel(clip.float(), arch, pretrained, info["quick_gelu"], model_cfg=info["model_cfg"])
+    model = ClipModel(clip.float(), arch, pretrained, info["quick_gelu"], model_cfg=info["model_cfg"])
+    model.weights_file = info["weights_file"]
+    return model
 
 
 def is_weights_folder(pretrained) -> bool:

@@ -10,6 +10,8 @@ params (flags), run_folder, clip_model, methods, train, evaluate, results, visua
     python tga_zsr.py --Method TGA-ZSR --Alpha 0.08 --Beta 0.05      # the paper's run (GPU)
     python tga_zsr.py --eval_only --resume checkpoints/<run>         # evaluate a run
     python tga_zsr.py --table checkpoints/<run_a> checkpoints/<run_b>  # the challenge table
+    python tga_zsr.py --leaderboard checkpoints/                     # ranking of the model cards
+    python tga_zsr.py --export checkpoints/<run> --format hf_hub      # a full CLIP for plain open_clip
     python tga_zsr.py --visualize --resume checkpoints/<run>         # figures (visualize.py --help)
     torchrun --nproc_per_node 4 tga_zsr.py --Method TGA-ZSR          # 4 GPUs (distributed.py)
 """
@@ -31,11 +33,13 @@ from checkpoint import CHECKPOINT_NAME, checkpoint_id, load_file, load_visual_we
 from clip_model import build_model
 from device import resolve_precision, seed_everything
 from evaluate import evaluate_run
+from export import export_run, model_description
+from model_card import leaderboard_main, write_card
 from losses import tga_zsr_loss  # noqa: F401  (public API: from tga_zsr import tga_zsr_loss)
 from methods import DEFAULT_METHOD_NAME, build_method, get_method, method_label, prepare_model
 from params import parse_args
 from results import table_main
-from run_folder import prepare_run_dir, setup_logging, write_run_header
+from run_folder import environment, prepare_run_dir, setup_logging, write_run_header
 from train import NonFiniteLoss, Trainer
 
 log = logging.getLogger("tga_zsr")
@@ -158,7 +162,13 @@ def run(args, dist_info: distributed.DistInfo) -> int:
     if not args.no_eval:
         if args.compile and not training:
             model.image_tower.compile()
-        evaluate_run(args, model, run_dir, checkpoint_desc, device, precision, method, method_label(method))
+        label = method_label(method)
+        evaluate_run(args, model, run_dir, checkpoint_desc, device, precision, method, label)
+        if dist_info.main:
+            weights = run_dir / CHECKPOINT_NAME if training else resume_ckpt
+            card = write_card(run_dir, checkpoint_desc, model_description(args, model, weights, method, label, run_dir),
+                              environment())
+            log.info(f"model card -> {card}")
     return 0
 
 
@@ -172,6 +182,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.table:
         return table_main(args.table, order=datasets.TABLE_ORDER, label_of=method_label)
+    if args.leaderboard:
+        return leaderboard_main(args.leaderboard)
+    if args.export:
+        setup_logging(None)
+        export_run(args.export, args.format, args.export_dir)
+        return 0
     dist_info = distributed.init_distributed(args.device, args.dist_timeout)
     try:
         return run(args, dist_info)
