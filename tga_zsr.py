@@ -30,7 +30,7 @@ import distributed
 import visualize
 from plots import plot_loss_curve
 from checkpoint import CHECKPOINT_NAME, checkpoint_id, load_file, load_visual_weights
-from clip_model import build_model
+from clip_model import build_model, is_weights_folder
 from device import resolve_precision, seed_everything
 from evaluate import evaluate_run
 from export import export_run, model_description
@@ -73,6 +73,8 @@ def eval_method(args, obj, ckpt) -> str:
     meta = obj.get("meta") if isinstance(obj, dict) and isinstance(obj.get("meta"), dict) else {}
     if meta.get("method"):
         return meta["method"]
+    if ckpt is None and is_weights_folder(args.pretrained):  # a published robust CLIP: named after its folder / repo
+        return Path(str(args.pretrained).split(":", 1)[-1]).name
     return "clip" if ckpt is None else Path(ckpt).name.split(".")[0]
 
 
