@@ -7,9 +7,11 @@ switch parameter gradients off for the attack (`no_param_grad`) so the forward d
 record what a weight gradient would need. ε and step sizes are in pixel units here; the CLI
 takes them in 1/255 units.
 
-AutoAttack (SPEC §5) comes from the `pyautoattack` package (`autoattack_batch`): APGD-CE +
-APGD-DLR, APGD-CE alone for datasets with fewer than 4 classes (PCAM has 2), since the DLR loss
-needs the third-largest logit. The evaluation's PGD random start is drawn per sample from
+AutoAttack (SPEC §5, §10) comes from the `pyautoattack` package (`autoattack_batch`), in one of
+three versions (`AA_VERSIONS`): `aa-papers` (APGD-CE + APGD-DLR, what TeCoA and TGA-ZSR call
+AutoAttack; APGD-CE alone below 4 classes, e.g. PCAM), `standard` (AutoAttack's own: APGD-CE,
+APGD-T, FAB-T, Square) and `apgd-ce-t` (APGD-CE + APGD-T, RobustVLM's). Targeted attacks get at
+most C − 1 target classes (AutoAttack's 9 need 10 classes); the targeted DLR loss needs 4. The evaluation's PGD random start is drawn per sample from
 (seed, sample index) (`per_sample_start`), so accuracies depend neither on the batch size nor
 on how torchrun processes share the samples.
 
@@ -27,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 NORMS = ("l_inf", "l_2")
+ATTACKS = ("pgd", "cw", "autoattack")
 log = logging.getLogger("tga_zsr")
 
 
@@ -64,6 +67,15 @@ def input_gradient_kernels(device: torch.device):
         yield
     finally:
         torch.backends.mkldnn.enabled = before
+
+
+def attack_list(text: str) -> list[str]:
+    """`"pgd,cw"` -> ["pgd", "cw"] (the evaluation's `--attack`); unknown names raise ValueError."""
+    names = [a.strip().lower() for a in str(text).split(",") if a.strip()]
+    bad = [a for a in names if a not in ATTACKS]
+    if not names or bad:
+        raise ValueError(f"unknown attack {bad or text!r}: use one or more of {', '.join(ATTACKS)}, comma-separated")
+    return list(dict.fromkeys(names))
 
 
 def _l2_norm(v: torch.Tensor) -> torch.Tensor:
@@ -242,7 +254,20 @@ def ce_loss_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 # few classes, zero gradients) are printed through our log, each distinct message once per process.
 AA_NORMS = {"l_inf": "Linf", "l_2": "L2"}
 MIN_CLASSES_FOR_DLR = 4  # SPEC §5 / TeCoA: APGD-DLR only with at least 4 classes
-_TOLD_CE_ONLY: set[int] = set()
+# version -> (pyautoattack version, attacks). `aa-papers` is SPEC §5's call (version 'custom': APGD
+# with the library's 5 restarts; the original code builds version 'standard', 1 restart, and then
+# swaps the attack list); `apgd-ce-t` is RobustVLM's (its fork, version 'custom', 100 iterations).
+AA_VERSIONS = {
+    "aa-papers": ("custom", ["apgd-ce", "apgd-dlr"]),
+    "standard": ("standard", ["apgd-ce", "apgd-t", "fab-t", "square"]),
+    "apgd-ce-t": ("custom", ["apgd-ce", "apgd-t"]),
+}
+AA_TARGETS = 9  # AutoAttack's number of target classes (APGD-T, FAB-T)
+# The smallest class count each attack works with: DLR needs the 3rd-largest logit (SPEC keeps
+# TeCoA's 4), the targeted DLR the 4th; FAB-T and Square need a second class.
+MIN_CLASSES = {"apgd-ce": 2, "apgd-dlr": MIN_CLASSES_FOR_DLR, "apgd-t": 4, "fab-t": 2, "square": 2}
+PREFIX = "[AutoAttack] "
+_TOLD: set[str] = set()
 
 
 class ZeroShotClassifier(nn.Module):
@@ -255,6 +280,19 @@ class ZeroShotClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.logits(x, self.text_features).float()
+
+
+class _Collect(logging.Handler):
+    """Keeps AutoAttack's check messages of one call, so that results can carry them."""
+
+    def __init__(self, sink: list):
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg not in self.sink:
+            self.sink.append(msg)
 
 
 class _OncePerMessage(logging.Filter):
@@ -286,13 +324,26 @@ def _route_autoattack_log() -> None:
     aa_log._tga_zsr_routed = True
 
 
-def attacks_for(num_classes: int) -> list[str]:
-    return ["apgd-ce", "apgd-dlr"] if num_classes >= MIN_CLASSES_FOR_DLR else ["apgd-ce"]
+def attacks_for(num_classes: int, version: str = "aa-papers") -> tuple[list[str], list[str]]:
+    """(attacks that can run on `num_classes` classes, what was left out and why)."""
+    if version not in AA_VERSIONS:
+        raise ValueError(f"unknown AutoAttack version '{version}'; choose from {list(AA_VERSIONS)}")
+    wanted = AA_VERSIONS[version][1]
+    kept = [a for a in wanted if num_classes >= MIN_CLASSES[a]]
+    notes = [f"{a.upper()} left out: it needs at least {MIN_CLASSES[a]} classes, the dataset has {num_classes}"
+             for a in wanted if a not in kept]
+    targets = min(AA_TARGETS, num_classes - 1)
+    if targets < AA_TARGETS and any(a in kept for a in ("apgd-t", "fab-t")):
+        notes.append(f"targeted attacks use {targets} target classes (AutoAttack's {AA_TARGETS} need "
+                     f"{AA_TARGETS + 1} classes; the dataset has {num_classes})")
+    return kept, notes
 
 
 def autoattack_batch(model, x: torch.Tensor, y: torch.Tensor, text_features: torch.Tensor, eps: float,
-                     settings: dict) -> torch.Tensor:
-    """Adversarial images for one batch; `eps` in pixel units, norm and seed from `settings`."""
+                     settings: dict, notes: list | None = None) -> torch.Tensor:
+    """Adversarial images for one batch; `eps` in pixel units; norm, seed and `aa_version` from
+    `settings`. AutoAttack's own check messages and our class-count adjustments are appended to
+    `notes` (each once) and printed once per process."""
     try:
         from pyautoattack import AutoAttack
     except ImportError as e:
@@ -302,14 +353,31 @@ def autoattack_batch(model, x: torch.Tensor, y: torch.Tensor, text_features: tor
     if norm not in AA_NORMS:
         raise ValueError(f"AutoAttack norm '{norm}' not supported; choose from {list(AA_NORMS)}")
     num_classes = text_features.shape[0]
-    attacks = attacks_for(num_classes)
-    if len(attacks) == 1 and num_classes not in _TOLD_CE_ONLY:
-        log.info(f"AutoAttack: {num_classes} classes < {MIN_CLASSES_FOR_DLR}, running APGD-CE only")
-        _TOLD_CE_ONLY.add(num_classes)
+    version = settings.get("aa_version") or "aa-papers"
+    attacks, adjustments = attacks_for(num_classes, version)
+    notes = [] if notes is None else notes
+    for msg in adjustments:
+        if msg not in notes:
+            notes.append(msg)
+        if msg not in _TOLD:
+            log.info(f"AutoAttack ({version}): {msg}")
+            _TOLD.add(msg)
     classifier = ZeroShotClassifier(model, text_features).eval()
-    adversary = AutoAttack(classifier, norm=AA_NORMS[norm], eps=eps, version="custom", attacks=attacks,
-                           device=x.device, seed=int(settings.get("seed", 0)))
+    aa_version = AA_VERSIONS[version][0]
+    kwargs = {"attacks": attacks} if aa_version == "custom" else {}
+    adversary = AutoAttack(classifier, norm=AA_NORMS[norm], eps=eps, version=aa_version,
+                           device=x.device, seed=int(settings.get("seed", 0)), **kwargs)
+    adversary.attacks_to_run = attacks  # the standard list less what this class count cannot run
+    targets = max(1, min(AA_TARGETS, num_classes - 1))
+    adversary.apgd_targeted.n_target_classes = targets
+    adversary.fab.n_target_classes = targets
+    collect = _Collect(notes)
+    aa_log = logging.getLogger("auto-attack")
+    aa_log.addHandler(collect)
     cuda_devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices), input_gradient_kernels(x.device):
-        x_adv, _ = adversary.run_standard_evaluation(x.detach(), y, batch_size=x.shape[0])
+    try:
+        with torch.random.fork_rng(devices=cuda_devices), input_gradient_kernels(x.device):
+            x_adv, _ = adversary.run_standard_evaluation(x.detach(), y, batch_size=x.shape[0])
+    finally:
+        aa_log.removeHandler(collect)
     return x_adv.detach()

@@ -1,4 +1,4 @@
-"""Checkpoints and weight files of every origin: the one place that writes and reads them.
+"""Checkpoints: our run format (written and read here) and visual-tower weights of every origin.
 
 Our checkpoint (`last.pt`, written by `train.Trainer` through `trainable_state` + `atomic_save`) holds the trainable state (`vision_encoder_state_dict`: open_clip /
 OpenAI names of `model.visual`, the key the original TGA-ZSR/TeCoA code uses), prompt
@@ -9,10 +9,11 @@ is stored as tensors and plain values, and every checkpoint is read with
 Foreign formats (SPEC §7) load strictly into `model.visual`, with mismatched keys named:
 the original `.pth.tar` (`vision_encoder_state_dict`, or `state_dict` with `module.` /
 `visual.` prefixes), a bare visual `state_dict` (RobustVLM / FARE), a whole-CLIP state dict.
-Whole-CLIP files for `load_clip` (`read_weights_file`): OpenAI's TorchScript archive, open_clip
-checkpoints, plain state dicts, and the files `save_clip` writes (the bundled tiny-world model).
+Whole-CLIP files and folders (what `load_clip` reads) are in `weight_files.py`.
+A visual file whose weights equal the model's before the load is refused: it changes nothing,
+so it is the wrong file or its keys were not the ones meant.
 
-    from checkpoint import load_visual_weights, read_weights_file, save_clip
+    from checkpoint import load_visual_weights, trainable_state, atomic_save
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+
 
 log = logging.getLogger("tga_zsr")
 # Buffers only OpenAI's own CLIP state dicts carry: their presence means OpenAI weights (QuickGELU).
@@ -166,6 +168,7 @@ def load_file(path: str | Path, what: str = "checkpoint") -> dict:
 
 
 def file_digest(path: str | Path, length: int = 12) -> str:
+    """sha256 of a file's bytes, the first `length` hex digits (64: all of it)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -215,17 +218,32 @@ def extract_visual_state(obj: dict) -> tuple[dict, str]:
     return state, fmt
 
 
-def load_visual_strict(visual: torch.nn.Module, state: dict, source: str) -> None:
-    """load_state_dict(strict) with an error that names every mismatched key and shape."""
-    own = visual.state_dict()
+def check_fits(module: torch.nn.Module, state: dict, source: str, what: str = "visual tower") -> None:
+    """Every missing, unexpected and mis-shaped key named, before anything is loaded."""
+    own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
-        raise SystemExit(f"{source} does not fit this model's visual tower (wrong --arch?).\n"
+        raise SystemExit(f"{source} does not fit this model's {what} (wrong --arch?).\n"
                          f"  missing keys: {missing}\n  unexpected keys: {unexpected}\n  shape mismatches: {shapes}")
-    visual.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def load_strict(module: torch.nn.Module, state: dict, source: str, what: str = "visual tower") -> None:
+    """load_state_dict(strict) with an error that names every mismatched key and shape."""
+    check_fits(module, state, source, what)
+    own = module.state_dict()
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+
+
+load_visual_strict = load_strict
+
+
+def equals_model(module: torch.nn.Module, state: dict) -> bool:
+    """Whether `state` (which fits `module`) holds exactly the weights the module has now."""
+    own = module.state_dict()
+    return all(torch.equal(state[k].to(own[k].dtype), own[k]) for k in own)
 
 
 def trained_activation(obj: dict) -> tuple[bool | None, str]:
@@ -275,7 +293,14 @@ def load_visual_weights(model, path: str | Path, obj: dict | None = None) -> str
                          f"which this model does not apply; evaluating the tower without them would measure a "
                          f"different model")
     state, fmt = extract_visual_state(obj)
-    load_visual_strict(model.visual, state, str(path))
+    check_fits(model.visual, state, str(path))
+    trains_more = bool(obj.get("prompter_state_dict") or obj.get("extra_trainable_state"))
+    if not trains_more and equals_model(model.visual, state):
+        raise SystemExit(f"{path} changes nothing: its visual weights equal those of the model it is loaded into "
+                         f"(--arch {model.arch}, --pretrained {model.pretrained}). It is the base model itself, or "
+                         f"the wrong file, or the fine-tuned tensors sit under other keys; check what the file holds "
+                         f"(python -c \"import torch; print(list(torch.load('{path}', weights_only=True)))\")")
+    load_strict(model.visual, state, str(path))
     if trained_qg is None:
         log.info(f"{path}: the file does not say which activation it was trained with; the model uses "
                  f"{act(model.quick_gelu)} (RobustVLM/FARE ViT-B-32 weights are fine-tuned OpenAI CLIP: QuickGELU)")
@@ -320,54 +345,3 @@ def load_prompts_and_extra(model, ckpt: dict) -> None:
             raise SystemExit(f"checkpoint tensor '{name}': shape {tuple(value.shape)} vs model {tuple(param.shape)}")
         with torch.no_grad():
             param.copy_(value.to(param.dtype))
-
-
-# --- whole-CLIP weight files (load_clip) ------------------------------------------------------------
-def read_weights_file(path: str) -> tuple[dict, dict]:
-    """Read a whole CLIP's weights from a local file. Returns (state_dict, info).
-
-    Accepts OpenAI's TorchScript archive (the `.pt` that `clip.load` downloads), an open_clip
-    checkpoint (`{'state_dict': ...}` with optional `module.` prefixes), a plain state dict and the
-    files `save_clip` writes. Pickled files are read with `weights_only=True`.
-    `info['openai']` says whether the weights are OpenAI's (they were trained with QuickGELU).
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained weights file not found: {path}")
-    info = {"openai": False, "quick_gelu": None, "arch": None}
-    state = None
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            is_torchscript = any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
-        if is_torchscript:
-            state = torch.jit.load(path, map_location="cpu").state_dict()
-            info["openai"] = True
-    if state is None:
-        obj = load_file(path, "--pretrained")
-        if not isinstance(obj, dict):
-            raise ValueError(f"{path}: expected a state dict or a checkpoint dict, got {type(obj).__name__}")
-        meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
-        info["quick_gelu"] = meta.get("quick_gelu")
-        info["arch"] = meta.get("arch")
-        for key in ("clip_state_dict", "state_dict", "model"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-        state = strip_prefix(dict(obj), "module.")
-        info["openai"] = bool(meta.get("openai")) or any(k in state for k in OPENAI_ONLY_KEYS)
-    for k in OPENAI_ONLY_KEYS:
-        state.pop(k, None)
-    state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in state.items()}
-    return state, info
-
-
-def save_clip(model, path: str, half: bool = False) -> None:
-    """Save a whole CLIP (both towers) as a plain state dict with the metadata `read_weights_file` reads.
-
-    `half=True` stores floating tensors as float16 (half the file; used for the bundled
-    checkpoint); they are cast back to float32 on load."""
-    meta = {"arch": model.arch, "quick_gelu": model.quick_gelu, "openai": model.pretrained == "openai",
-            "half": half}
-    state = model.clip.state_dict()
-    if half:
-        state = {k: (v.half() if torch.is_floating_point(v) else v) for k, v in state.items()}
-    atomic_save({"state_dict": state, "meta": meta}, path)

@@ -24,7 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoint import read_weights_file
+from open_clip.pretrained import download_pretrained_from_hf
+
+from checkpoint import load_strict
+from weight_files import HUB_CONFIG, read_weights_file, read_weights_folder, weights_folder_kind
 
 log = logging.getLogger("tga_zsr")
 
@@ -168,14 +171,19 @@ class ImageTower(nn.Module):
 class ClipModel(nn.Module):
     """The CLIP pieces every method uses: image tokens, normalised text features, logits."""
 
-    def __init__(self, clip: nn.Module, arch: str, pretrained: str | None, quick_gelu: bool):
+    def __init__(self, clip: nn.Module, arch: str, pretrained: str | None, quick_gelu: bool,
+                 model_cfg: dict | None = None):
         super().__init__()
         self.clip = clip
         self.image_tower = ImageTower(clip.visual)
         self.arch = arch
         self.pretrained = pretrained
         self.quick_gelu = quick_gelu
-        self.tokenizer = open_clip.get_tokenizer(arch)
+        # open_clip's model config (what an export writes into open_clip_config.json)
+        self.model_cfg = copy.deepcopy(model_cfg if model_cfg is not None else open_clip.get_model_config(arch))
+        known = open_clip.get_model_config(arch) is not None
+        context = ((self.model_cfg or {}).get("text_cfg") or {}).get("context_length", 77)
+        self.tokenizer = open_clip.get_tokenizer(arch) if known else open_clip.SimpleTokenizer(context_length=context)
         # The text tower and logit_scale are never stepped (SPEC §0); TIMA re-enables text.
         for name, p in clip.named_parameters():
             if not name.startswith("visual."):
@@ -198,6 +206,8 @@ class ClipModel(nn.Module):
     def grid_size(self) -> int:
         g = self.visual.grid_size
         return g[0] if isinstance(g, (tuple, list)) else g
+
+    weights_file: str | None = None  # the file the weights came from, when a folder or hub id named it
 
     # DistributedDataParallel around image_tower during multi-GPU training (distributed.py),
     # set with object.__setattr__ so that it is not a submodule (state_dict keys unchanged).
@@ -247,16 +257,94 @@ class ClipModel(nn.Module):
         return tower
 
 
+def resolve_hf_hub(model_id: str, cache_dir: str | None = None) -> Path:
+    """The local folder of `hf-hub:org/name`: the Hugging Face cache's snapshot when it is there
+    (no network needed), else downloaded through open_clip's own hub functions."""
+    try:
+        from huggingface_hub import snapshot_download  # open_clip's hub dependency
+        return Path(snapshot_download(model_id, local_files_only=True, cache_dir=cache_dir))
+    except Exception as cached_error:  # noqa: BLE001  (not in the cache: try the network)
+        try:
+            config = download_pretrained_from_hf(model_id, filename=HUB_CONFIG, cache_dir=cache_dir)
+            download_pretrained_from_hf(model_id, cache_dir=cache_dir)  # the weights (safetensors first)
+            return Path(config).parent
+        except Exception as e:  # noqa: BLE001
+            raise SystemExit(
+                f"hf-hub:{model_id} is not in the local Hugging Face cache ({type(cached_error).__name__}) and could "
+                f"not be downloaded ({type(e).__name__}: {e}). On an offline machine, run "
+                f"`huggingface-cli download {model_id}` where there is a network and copy the cache "
+                f"(~/.cache/huggingface/hub or $HF_HUB_CACHE), or pass the downloaded folder itself") from e
+
+
+def _signature(cfg: dict) -> tuple:
+    v, t = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+    return (cfg.get("embed_dim"), v.get("image_size"), v.get("layers"), v.get("width"), v.get("patch_size"),
+            v.get("head_width", 64), float(v.get("mlp_ratio", 4.0)), t.get("context_length", 77), t.get("width"),
+            t.get("heads", 8), t.get("layers"), float(t.get("mlp_ratio", 4.0)), bool(cfg.get("custom_text", False)))
+
+
+def arch_of_config(cfg: dict, fallback: str) -> str:
+    """The open_clip name whose config builds the same network (QuickGELU aside), else `fallback`."""
+    sig = _signature(cfg)
+    names = [n for n in ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336") if n in open_clip.list_models()]
+    for name in names + [n for n in open_clip.list_models() if not n.endswith("-quickgelu")]:
+        known = open_clip.get_model_config(name)
+        if known and "timm_model_name" not in known.get("vision_cfg", {}) and _signature(known) == sig:
+            return name
+    return fallback
+
+
+def clip_from_config(cfg: dict, quick_gelu: bool) -> nn.Module:
+    """An open_clip CLIP (random weights) from a model config, as open_clip's factory builds it."""
+    cfg = copy.deepcopy(cfg)
+    cfg["quick_gelu"] = quick_gelu
+    if "multimodal_cfg" in cfg or "timm_model_name" in cfg.get("vision_cfg", {}):
+        raise ValueError("only ViT CLIP models (open_clip's CLIP / CustomTextCLIP) are supported")
+    cls = open_clip.CustomTextCLIP if cfg.pop("custom_text", False) else open_clip.CLIP
+    return cls(**cfg)
+
+
+def _load_folder(pretrained: str, quick_gelu: bool | None) -> ClipModel:
+    """A whole CLIP from an open_clip hub folder, `hf-hub:org/name` or a transformers folder."""
+    origin = pretrained[len("hf-hub:"):] if pretrained.startswith("hf-hub:") else None
+    folder = resolve_hf_hub(origin) if origin else Path(pretrained)
+    state, info = read_weights_folder(folder, origin)
+    if quick_gelu is not None and quick_gelu != info["quick_gelu"]:
+        raise ValueError(f"activation mismatch: {pretrained} was trained with "
+                         f"{'QuickGELU' if info['quick_gelu'] else 'GELU'} ({info['quick_gelu_why']})")
+    clip = clip_from_config(info["model_cfg"], info["quick_gelu"])
+    transient = {n for n, _ in clip.named_buffers()} - set(clip.state_dict())
+    load_strict(clip, {k: v for k, v in state.items() if k not in transient}, f"{pretrained} ({info['format']})",
+                "CLIP")
+    arch = arch_of_config(info["model_cfg"], Path(origin or folder).name)
+    log.info(f"{pretrained}: {info['format']}, {arch}, "
+             f"{'QuickGELU' if info['quick_gelu'] else 'GELU'} ({info['quick_gelu_why']})")
+    model = ClipModel(clip.float(), arch, pretrained, info["quick_gelu"], model_cfg=info["model_cfg"])
+    model.weights_file = info["weights_file"]
+    return model
+
+
+def is_weights_folder(pretrained) -> bool:
+    p = str(pretrained or "")
+    return p.startswith("hf-hub:") or (os.path.isdir(p) and weights_folder_kind(p) is not None)
+
+
 def load_clip(arch: str = "ViT-B-32", pretrained: str | None = "openai", device="cpu",
               quick_gelu: bool | None = None) -> ClipModel:
     """Build CLIP with open_clip and load its weights.
 
     `pretrained`: an open_clip tag ("openai", "laion2b_s34b_b79k", ...), a local file (OpenAI
-    TorchScript `.pt`, open_clip checkpoint, plain OpenAI-format state dict) or None (random).
+    TorchScript `.pt`, open_clip checkpoint, plain OpenAI-format state dict), an open_clip hub
+    folder, `hf-hub:org/name`, a transformers CLIPModel folder, or None (random). A folder brings
+    its own architecture: `arch` is then ignored.
     OpenAI weights are always built with QuickGELU, the activation they were trained with:
     plain open_clip "ViT-B-32" + OpenAI weights silently uses GELU and loses accuracy.
     `quick_gelu` forces the activation; asking for GELU with OpenAI weights is an error.
     """
+    if is_weights_folder(pretrained):
+        return _load_folder(str(pretrained), quick_gelu).to(device)
+    if pretrained and os.path.isdir(str(pretrained)):
+        read_weights_folder(pretrained)  # says what a weights folder must hold
     arch = resolve_arch(arch)
     want_qg = arch_quick_gelu(arch)
     state, info, tag = None, {"openai": False, "quick_gelu": None}, None
@@ -310,11 +398,7 @@ def load_clip(arch: str = "ViT-B-32", pretrained: str | None = "openai", device=
             # Non-persistent buffers (open_clip's text attn_mask) appear in TorchScript state dicts.
             transient = {n for n, _ in clip.named_buffers()} - set(clip.state_dict())
             state = {k: v for k, v in state.items() if k not in transient}
-            missing, unexpected = clip.load_state_dict(state, strict=False)
-            if missing or unexpected:
-                raise ValueError(f"{pretrained} does not fit {arch}: missing keys {missing[:8]}"
-                                 f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
-                                 f"{' ...' if len(unexpected) > 8 else ''}")
+            load_strict(clip, state, str(pretrained), f"CLIP ({arch})")
             kind = "OpenAI CLIP weights" if info["openai"] else "open_clip weights"
             log.info(f"loaded weights from {pretrained} ({kind}, QuickGELU={use_qg})")
     clip = clip.float()
@@ -325,6 +409,8 @@ def load_clip(arch: str = "ViT-B-32", pretrained: str | None = "openai", device=
 def build_model(args, device) -> ClipModel:
     """The model a run starts from (`--arch`, `--pretrained`), with an actionable error."""
     pretrained = None if str(args.pretrained).lower() in ("none", "") else args.pretrained
+    if is_weights_folder(pretrained) and resolve_arch(str(args.arch)) != "ViT-B-32":
+        log.info(f"--pretrained {pretrained} brings its own architecture: --arch {args.arch} is not used")
     try:
         model = load_clip(args.arch, pretrained, device=device)
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # wrong arch / activation / file: say so

@@ -1,6 +1,18 @@
-"""Zero-shot evaluation (SPEC §5): clean top-1 and robust top-1 under PGD / CW / AutoAttack
-(attacks.py), per dataset, appended to `<run>/results.jsonl` (results.py) as each dataset
-finishes; a rerun skips what is done.
+"""Zero-shot evaluation (SPEC §5, §10): clean top-1 and robust top-1 under one attack or the worst
+case over several (PGD / CW / AutoAttack, attacks.py), per dataset, appended to
+`<run>/results.jsonl` (results.py) as each dataset finishes; a rerun skips what is done.
+
+`--attack pgd,cw,autoattack` attacks every image with each attack; an image counts as robust only
+if it survives all of them, and each attack's own accuracy is recorded too (`attack_acc`). The
+attacks run under `--attack_precision` (autocast fp16 / bf16, or fp32), the clean and adversarial
+predictions under `--precision`. `--test_eps 2 4` evaluates each budget in turn.
+
+Images: `--transform tga_zsr` uses each dataset's SPEC §5 transform (the image is 224×224 before
+the attack); `robustvlm` is RobustVLM's: CIFAR-10/100 and STL-10 stay at their native 32 / 96
+pixels, so the perturbation lives there and the bicubic resize to the model's input happens
+inside the model (clip_model.ImageTower.preprocess: bicubic, no antialias, as RobustVLM's tensor
+Resize), the other sets get open_clip's preprocessing without normalisation (bicubic resize of the
+short side to 224, centre crop), not SPEC §5's bilinear 256 + crop.
 
 Cost per batch: text features once per dataset, the attack's gradients w.r.t. the input only
 (every model parameter has requires_grad off during evaluation), model in eval mode.
@@ -12,7 +24,7 @@ datasets finished before are in results.jsonl), or with `--skip_corrupt` is left
 `n` counts the images evaluated and `skipped` those left out (datasets/labelled.py).
 
     python tga_zsr.py --eval_only --resume checkpoints/<run> --testdata cifar10 STL10
-    python tga_zsr.py --table checkpoints/run_a checkpoints/run_b
+    python tga_zsr.py --eval_only --pretrained hf-hub:chs20/fare2-clip --protocol robustvlm
 """
 from __future__ import annotations
 
@@ -22,28 +34,46 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Subset
+from torchvision import transforms as T
 from tqdm import tqdm
 
 import datasets
 import distributed
-from attacks import autoattack_batch, ce_loss_sum, cw_loss, no_param_grad, per_sample_start, pgd
-from device import autocast, tf32_active
+from attacks import attack_list, autoattack_batch, ce_loss_sum, cw_loss, no_param_grad, per_sample_start, pgd
+from device import autocast, resolve_precision, tf32_active
+from protocols import protocol_label
 from results import append_result, find_done, format_table, read_results
 
 log = logging.getLogger("tga_zsr")
+TRANSFORMS = ("tga_zsr", "robustvlm")
+NATIVE_RESOLUTION = ("cifar10", "cifar100", "STL10")  # RobustVLM: "compute robustness wrt. original resolution"
 
 
-def attack_batch(model, x, y, idx, text_features, settings: dict) -> torch.Tensor:
-    """Adversarial images for one batch under `settings` (eps and step size in 1/255 units).
+def eval_transform(kind: str, dataset: str, size: int):
+    """The image transform of `--transform kind` for `dataset` (None: the dataset's own)."""
+    if kind == "tga_zsr" or dataset not in datasets.TEST_DATASETS:
+        return None  # world and synthetic sets are built at their native size whatever is asked
+    if kind != "robustvlm":
+        raise ValueError(f"unknown --transform '{kind}'; choose from {TRANSFORMS}")
+    if dataset in NATIVE_RESOLUTION:
+        return T.ToTensor()
+    return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.ToTensor()])
+
+
+def attack_batch(model, x, y, idx, text_features, settings: dict, attack: str | None = None,
+                 notes: list | None = None) -> torch.Tensor:
+    """Adversarial images for one batch under `settings` (eps and step size in 1/255 units) and one
+    `attack` (default: `settings["attack"]`). AutoAttack's check messages go to `notes`.
 
     `settings["random_start"]` (default True) switches PGD's uniform start off (tests)."""
+    attack = attack or settings.get("attack", "pgd")
     eps, steps = settings["eps"] / 255.0, settings["steps"]
-    if eps == 0 or steps == 0:
+    if eps == 0 or (steps == 0 and attack != "autoattack"):
         return x
-    if settings["attack"] == "autoattack":
-        return autoattack_batch(model, x, y, text_features, eps, settings)
+    if attack == "autoattack":
+        return autoattack_batch(model, x, y, text_features, eps, settings, notes)
     alpha = settings["step_size"] / 255.0
-    loss_of = cw_loss if settings["attack"] == "cw" else ce_loss_sum
+    loss_of = cw_loss if attack == "cw" else ce_loss_sum
 
     def objective(xa):
         return loss_of(model.logits(xa, text_features), y)
@@ -55,15 +85,29 @@ def attack_batch(model, x, y, idx, text_features, settings: dict) -> torch.Tenso
     return x + pgd(objective, x, eps, alpha, steps, norm=settings["norm"], init=init)
 
 
+def strided(n: int, batch_size: int, stride: int) -> list[int]:
+    """Indices of every `stride`-th batch of `batch_size` (TeCoA's validation: stride 20)."""
+    return [i for i in range(n) if (i // batch_size) % stride == 0]
+
+
 def evaluate_dataset(model, data, text_features, settings: dict, device, precision: str,
-                     batch_size: int = 256, workers: int = 0, show_progress: bool = True,
+                     batch_size: int = 256, workers: int = 0, show_progress: bool = True, save_adv: int = 0,
                      skip_corrupt: bool = False, root: str = "<root>") -> dict:
-    """Clean and robust top-1 (in %) of `model` on `data` (a ZeroShotData), over the `n` images read.
+    """Clean and robust top-1 (in %) of `model` on `data` (a ZeroShotData); robust is the worst case
+    over `settings["attack"]` (one name or a comma list), each attack's own accuracy in `attack_acc`.
 
     Under torchrun each rank evaluates its shard (`batch_size` per rank) and the counts are summed.
-    Unreadable images raise `CorruptImage`, or are left out and counted (`skipped`) with `skip_corrupt`."""
+    `save_adv` > 0 returns the first that many images with their worst-case adversarial images
+    (`adv`: the first attack's that fooled the model, else the last attack's). Unreadable images
+    raise `CorruptImage`, or are left out and counted (`skipped`) with `skip_corrupt`."""
     rank, world = distributed.rank_world()
+    attacks = attack_list(settings.get("attack", "pgd"))
+    attack_precision = settings.get("attack_precision") or precision
     samples = datasets.Indexed(data.dataset)
+    stride = settings.get("batch_stride")
+    if stride:  # "KxB": every K-th batch of B images
+        k, b = (int(v) for v in str(stride).split("x"))
+        samples = Subset(samples, strided(len(samples), b, k))
     if world > 1:  # no DistributedSampler: its padding would count some samples twice
         samples = Subset(samples, distributed.shard_indices(len(samples), rank, world))
     loader = DataLoader(samples, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -72,6 +116,9 @@ def evaluate_dataset(model, data, text_features, settings: dict, device, precisi
     was_training = model.training
     model.eval()
     n = clean = robust = skipped = 0
+    per_attack = {a: 0 for a in attacks}
+    notes: list[str] = []
+    kept: dict[str, list] = {"x": [], "x_adv": [], "y": [], "index": [], "fooled_by": []}
     t0 = time.time()
     bar = tqdm(total=len(samples), unit="img", desc=f"eval {data.name}", dynamic_ncols=True,
                disable=not show_progress or rank != 0)
@@ -86,59 +133,121 @@ def evaluate_dataset(model, data, text_features, settings: dict, device, precisi
             if not len(x):
                 continue
             x, y = datasets.images_to(x, device), y.to(device, non_blocking=True)
-            with autocast(device, precision):
-                with torch.no_grad():
-                    clean += (model.logits(x, text_features).argmax(1) == y).sum().item()
-                x_adv = attack_batch(model, x, y, idx, text_features, settings)
-                with torch.no_grad():
-                    robust += (model.logits(x_adv, text_features).argmax(1) == y).sum().item()
+            with torch.no_grad(), autocast(device, precision):
+                clean += (model.logits(x, text_features).argmax(1) == y).sum().item()
+            survives = torch.ones_like(y, dtype=torch.bool)
+            worst, fooled_by = None, torch.full_like(y, -1)
+            for j, attack in enumerate(attacks):
+                with autocast(device, attack_precision):
+                    x_adv = attack_batch(model, x, y, idx, text_features, settings, attack, notes)
+                with torch.no_grad(), autocast(device, precision):
+                    ok = model.logits(x_adv, text_features).argmax(1) == y
+                per_attack[attack] += ok.sum().item()
+                if save_adv:
+                    first = (~ok) & (fooled_by < 0)
+                    fooled_by[first] = j
+                    worst = x_adv.clone() if worst is None else torch.where(first[:, None, None, None], x_adv, worst)
+                survives &= ok
+            robust += survives.sum().item()
+            have = sum(len(v) for v in kept["y"])
+            if save_adv and have < save_adv:
+                take = save_adv - have
+                for key, value in (("x", x), ("x_adv", worst), ("y", y), ("index", idx), ("fooled_by", fooled_by)):
+                    kept[key].append(value[:take].detach().cpu())
             n += y.numel()
             bar.update(y.numel())
             bar.set_postfix(clean=f"{100 * clean / n:.2f}", robust=f"{100 * robust / n:.2f}")
     bar.close()
-    n, clean, robust, skipped = distributed.sum_over_ranks([n, clean, robust, skipped])
+    counts = distributed.sum_over_ranks([n, clean, robust, skipped] + [per_attack[a] for a in attacks])
+    n, clean, robust, skipped = counts[:4]
     model.train(was_training)
-    return {"n": n, "clean_acc": 100.0 * clean / max(1, n), "robust_acc": 100.0 * robust / max(1, n),
-            "seconds": round(time.time() - t0, 2), "skipped": skipped}
+    pct = lambda c: 100.0 * c / max(1, n)  # noqa: E731
+    out = {"n": n, "clean_acc": pct(clean), "robust_acc": pct(robust),
+           "attack_acc": {a: pct(c) for a, c in zip(attacks, counts[4:])}, "seconds": round(time.time() - t0, 2),
+           "skipped": skipped}
+    if notes:
+        out["aa_checks"] = notes
+    if save_adv and kept["y"]:
+        out["adv"] = {k: torch.cat(v) for k, v in kept.items()}
+        out["adv"]["attacks"] = list(attacks)
+    return out
 
 
-def eval_settings(args, checkpoint_desc: str, precision: str) -> dict:
+def eps_values(args) -> list[float]:
+    return [float(e) for e in (args.test_eps if isinstance(args.test_eps, (list, tuple)) else [args.test_eps])]
+
+
+def eval_settings(args, checkpoint_desc: str, precision: str, eps: float | None = None,
+                  attack_precision: str | None = None) -> dict:
     """The settings a results.jsonl row is keyed by (ε and step size in 1/255 units)."""
+    attacks = attack_list(args.attack)
     steps, step_size = args.test_numsteps, args.test_stepsize
-    if args.attack == "autoattack":  # APGD: 100 iterations, adaptive step size (the library's values)
+    if attacks == ["autoattack"]:  # APGD: 100 iterations, adaptive step size (the library's values)
         steps, step_size = 100, None
-    return {"attack": args.attack, "norm": args.norm, "eps": args.test_eps, "steps": steps, "step_size": step_size,
-            "precision": precision, "n_samples": args.n_samples, "seed": args.seed, "checkpoint": checkpoint_desc}
+    stride = getattr(args, "batch_stride", 1) or 1
+    return {"attack": ",".join(attacks), "norm": args.norm, "eps": eps_values(args)[0] if eps is None else eps,
+            "steps": steps, "step_size": step_size, "precision": precision,
+            "attack_precision": attack_precision or precision,
+            "aa_version": (getattr(args, "aa_version", None) or "aa-papers") if "autoattack" in attacks else None,
+            "protocol": protocol_label(args), "transform": getattr(args, "transform", None) or "tga_zsr",
+            "batch_stride": f"{stride}x{args.test_batch_size}" if stride > 1 else None,
+            "n_samples": args.n_samples, "seed": args.seed, "checkpoint": checkpoint_desc}
+
+
+def save_adversarial(run_dir: Path, dataset: str, settings: dict, adv: dict) -> Path:
+    """`<run>/adv/<dataset>_<attacks>_eps<ε>_<attack precision>.pt`: clean and adversarial images in
+    [0, 1] (fp32), labels, dataset indices and the attack that fooled each (-1: none), with the
+    settings (RobustBench asks for the adversarial examples of an external evaluation)."""
+    folder = Path(run_dir) / "adv"
+    folder.mkdir(parents=True, exist_ok=True)
+    tag = f"{settings['attack'].replace(',', '+')}_eps{settings['eps']:g}_{settings['attack_precision']}"
+    path = folder / f"{dataset}_{tag}.pt"
+    torch.save({**adv, "settings": {k: v for k, v in settings.items() if v is not None}}, path)
+    return path
 
 
 def evaluate_run(args, model, run_dir: Path, checkpoint_desc: str, device, precision: str,
                  method: str, label: str) -> list[dict]:
-    """Evaluate on every --testdata, one results.jsonl line per dataset; skips what is done.
-    Each row carries the settings, the method's name and its display `label`."""
+    """Evaluate on every --testdata and every --test_eps, one results.jsonl line per dataset and ε;
+    skips what is done. Each row carries the settings, the method's name and its display `label`."""
     results_file = Path(run_dir) / "results.jsonl"
     done_rows = distributed.broadcast_from_main(read_results(results_file, log.warning))  # every rank: same sets
     # --tf32 on a GPU is part of the precision a result was measured in (its own table, never skipped as done)
-    settings = eval_settings(args, checkpoint_desc, precision + ("+tf32" if tf32_active(device) else ""))
+    precision = precision + ("+tf32" if tf32_active(device) else "")
+    attack_precision = resolve_precision(getattr(args, "attack_precision", None) or precision, device)
+    size = model.image_tower.image_size[0]
     rows = []
-    for name in args.testdata:
-        canon = datasets.canonical_name(name)
-        done = find_done(done_rows, canon, settings)
-        if done is not None:
-            log.info(f"{canon}: already evaluated with these settings, skipped")
-            rows.append(done)
-            continue
-        data = datasets.class_balanced_subset(datasets.get_dataset(canon, args.root, "test"), args.n_samples,
-                                              args.seed)
-        with torch.no_grad():
-            text = model.encode_text(data.prompts)
-        res = evaluate_dataset(model, data, text, settings, device, precision, args.test_batch_size, args.workers,
-                               skip_corrupt=getattr(args, "skip_corrupt", False), root=str(args.root))
-        row = {"dataset": canon, **res, **settings, "method": method, "label": label, "run": Path(run_dir).name,
-               "classes": len(data.classnames), "arch": model.arch, "pretrained": str(args.pretrained),
-               "batch_size": args.test_batch_size}
-        if distributed.is_main():
-            append_result(results_file, row)
-        log.info(f"{canon}: clean {res['clean_acc']:.2f}  robust {res['robust_acc']:.2f}  (n={res['n']})")
-        rows.append(row)
+    for eps in eps_values(args):
+        settings = eval_settings(args, checkpoint_desc, precision, eps, attack_precision)
+        for name in args.testdata:
+            canon = datasets.canonical_name(name)
+            done = find_done(done_rows, canon, settings)
+            if done is not None:
+                log.info(f"{canon} (ε {eps:g}): already evaluated with these settings, skipped")
+                rows.append(done)
+                continue
+            data = datasets.get_dataset(canon, args.root, "test", transform=eval_transform(settings["transform"],
+                                                                                            canon, size))
+            data = datasets.class_balanced_subset(data, args.n_samples, args.seed)
+            with torch.no_grad():
+                text = model.encode_text(data.prompts)
+            res = evaluate_dataset(model, data, text, settings, device, precision, args.test_batch_size, args.workers,
+                                   save_adv=getattr(args, "save_adv", 0) or 0,
+                                   skip_corrupt=getattr(args, "skip_corrupt", False), root=str(args.root))
+            adv = res.pop("adv", None)
+            row = {"dataset": canon, **res, **settings, "method": method, "label": label, "run": Path(run_dir).name,
+                   "classes": len(data.classnames), "arch": model.arch, "pretrained": str(args.pretrained),
+                   "batch_size": args.test_batch_size}
+            if distributed.is_main():
+                append_result(results_file, row)
+                if adv is not None:
+                    log.info(f"{canon}: {len(adv['y'])} adversarial examples -> "
+                             f"{save_adversarial(run_dir, canon, settings, adv)}")
+            for msg in res.get("aa_checks", []):
+                log.warning(f"{canon}: AutoAttack: {msg}")
+            per = "  ".join(f"{a} {v:.2f}" for a, v in res["attack_acc"].items()) if len(res["attack_acc"]) > 1 else ""
+            log.info(f"{canon}: clean {res['clean_acc']:.2f}  robust {res['robust_acc']:.2f}  (n={res['n']})"
+                     + (f"  [{per}]" if per else ""))
+            rows.append(row)
     log.info("\n" + format_table(rows))
     return rows

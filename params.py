@@ -1,7 +1,8 @@
 """Command-line flags of tga_zsr.py, with the original code's names and defaults (SPEC §8).
 
 Defaults are layered: parser defaults < `configs/<method>.yaml` of the chosen `--Method` <
-the resumed run's `args.yaml` < the file given with `-c/--config` < the mini learning rate
+the resumed run's `args.yaml` < the protocol (`--protocol NAME`: configs/protocols/NAME.yaml) <
+the file given with `-c/--config` < the mini learning rate
 (`--mini_lr`) < flags on the command line (the CLI always wins). ε and step sizes are in 1/255
 units, as floats. Each method adds its own flags (methods.py `flags`): this file never changes
 for a new method.
@@ -18,13 +19,15 @@ from pathlib import Path
 
 import yaml
 
+from attacks import AA_VERSIONS, attack_list
 from datasets import TEST_DATASETS, DatasetError, canonical_name, default_workers
+from protocols import load_protocol, protocol_names
 from methods import DEFAULT_METHOD_NAME, MINI_LR_FACTOR, canonical_method, get_method, method_flags
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 # Flags that describe this invocation, not the run: never taken from a run's args.yaml.
 PER_INVOCATION = {"resume", "eval_only", "table", "max_steps", "config", "device", "gpu", "no_eval", "dist_timeout",
-                  "compile"}
+                  "compile", "save_adv", "leaderboard", "export", "format", "export_dir"}
 # Keys of older args.yaml / config files under their current names (the flags keep both spellings).
 RENAMED_KEYS = {"method": "pixel_prompt", "VPbaseline": "train_on_clean"}
 
@@ -82,14 +85,30 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--train_eps", type=float, default=1.0)
     g.add_argument("--train_numsteps", type=int, default=2)
     g.add_argument("--train_stepsize", type=float, default=1.0)
-    g.add_argument("--test_eps", type=float, default=1.0)
+    g.add_argument("--test_eps", type=float, nargs="+", default=[1.0], help="one or more budgets, each evaluated")
     g.add_argument("--test_numsteps", type=int, default=100)
     g.add_argument("--test_stepsize", type=float, default=1.0)
     g.add_argument("--train_momentum", type=float, default=0.0,
                    help="training attack: momentum on the sign step, v = sign(μ·v + sign(g)) (FARE: 0.9; 0: plain PGD)")
-    g.add_argument("--attack", default="pgd", choices=["pgd", "cw", "autoattack"])
+    g.add_argument("--attack", default="pgd", type=_attacks, metavar="pgd,cw,autoattack",
+                   help="evaluation attack, or a comma list: robust = survives every one (each one's accuracy is kept)")
     g.add_argument("--norm", default="l_inf", choices=["l_inf", "l_2"])
     g.add_argument("--test_batch_size", type=int, default=256)
+
+    g = p.add_argument_group("Evaluation protocol (SPEC §10)")
+    g.add_argument("--protocol", default=None, choices=protocol_names(),
+                   help="flag values of a published protocol (configs/protocols/NAME.yaml); the CLI still wins")
+    g.add_argument("--attack_precision", default=None, choices=["amp", "fp32", "bf16"],
+                   help="autocast of the attacks (default: --precision); the predictions use --precision")
+    g.add_argument("--aa_version", default="aa-papers", choices=list(AA_VERSIONS),
+                   help="AutoAttack: aa-papers = APGD-CE + APGD-DLR (TeCoA/TGA-ZSR), standard = APGD-CE, APGD-T, "
+                        "FAB-T, Square, apgd-ce-t = RobustVLM's")
+    g.add_argument("--transform", default="tga_zsr", choices=["tga_zsr", "robustvlm"],
+                   help="images: each dataset's SPEC §5 transform, or RobustVLM's (native resolution, resize in model)")
+    g.add_argument("--batch_stride", type=int, default=1,
+                   help="evaluate every K-th batch of --test_batch_size images only (TeCoA's validation: 20)")
+    g.add_argument("--save_adv", type=int, default=0, metavar="N",
+                   help="save the first N adversarial examples of each dataset to <run>/adv/")
 
     groups = {}
     for cls, (names, kwargs) in method_flags():
@@ -103,6 +122,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default=None, help="run folder or checkpoint file to continue / evaluate")
     g.add_argument("--eval_only", action="store_true", help="evaluate --resume or --pretrained, no training")
     g.add_argument("--table", nargs="+", default=None, metavar="RUN", help="print the challenge table of runs")
+    g.add_argument("--leaderboard", nargs="+", default=None, metavar="DIR",
+                   help="rank the model cards (model_card.json) found in these folders")
+    g.add_argument("--export", default=None, metavar="RUN", help="write a run's model as a full open_clip CLIP")
+    g.add_argument("--format", default="open_clip", choices=["open_clip", "hf_hub"],
+                   help="--export: one open_clip .pt file, or a hub folder (open_clip_config.json + safetensors)")
+    g.add_argument("--export_dir", default=None, help="--export: where to write (default: <run>/export)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--gpu", type=int, default=None, help="original flag: same as --device cuda:N")
@@ -123,6 +148,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--dist_timeout", type=float, default=30.0,
                    help="minutes a torchrun process waits in a collective before the run fails")
     return p
+
+
+def _attacks(text: str) -> str:
+    try:
+        return ",".join(attack_list(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -235,7 +267,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     """Parse with layered defaults (see the module docstring)."""
     parser = get_args_parser()
     pre = argparse.ArgumentParser(add_help=False)
-    for name in ("-c", "--config"), ("--Method",), ("--resume",):
+    for name in ("-c", "--config"), ("--Method",), ("--resume",), ("--protocol",):
         pre.add_argument(*name, default=None)
     pre.add_argument("--mini_lr", action="store_true")
     known, _ = pre.parse_known_args(argv)
@@ -247,6 +279,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if mpath is not None:
         defaults.update(check_config(load_yaml(mpath), parser, mpath))
     defaults.update(resumed)
+    protocol = known.protocol or user_cfg.get("protocol") or resumed.get("protocol")
+    if protocol:
+        defaults.update(load_protocol(protocol))
     defaults.update(user_cfg)
     if known.mini_lr or defaults.get("mini_lr"):
         defaults["learning_rate"] = mini_learning_rate(method)

@@ -18,7 +18,7 @@ import io
 import logging
 from pathlib import Path
 
-from results import GROUP_KEYS, read_jsonl, read_results, row_label
+from results import GROUP_KEYS, group_key, read_jsonl, read_results, row_label
 
 log = logging.getLogger("tga_zsr")
 
@@ -83,7 +83,7 @@ def trade_off_points(runs: list[str | Path], eps: float | None = None, label_of=
         if not rows:
             raise SystemExit(f"{run}: no results.jsonl rows" + (f" at eps {eps:g}/255" if eps is not None else "")
                              + "; evaluate it first (python tga_zsr.py --eval_only --resume RUN)")
-        key_of = [tuple(r.get(k) for k in GROUP_KEYS) for r in rows]
+        key_of = [group_key(r) for r in rows]
         datasets_per_key: dict = {}
         for key, r in zip(key_of, rows):
             datasets_per_key.setdefault(key, set()).add(r["dataset"])

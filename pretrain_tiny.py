@@ -40,7 +40,7 @@ import torch.nn.functional as F  # noqa: E402
 from open_clip.loss import ClipLoss  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from checkpoint import save_clip  # noqa: E402
+from weight_files import save_clip  # noqa: E402
 from clip_model import load_clip  # noqa: E402
 from datasets.world import ATTRIBUTES, DIAGNOSTIC_SETS, HELDOUT_COMBOS, WORLD_TEST_SETS, build_world, stream  # noqa: E402
 from device import resolve_device  # noqa: E402

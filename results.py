@@ -31,10 +31,26 @@ from pathlib import Path
 RESULTS_NAME = "results.jsonl"
 
 # The attack settings that make two results comparable: one table (and one trade-off plot) each.
-GROUP_KEYS = ("attack", "norm", "eps", "steps", "step_size", "n_samples")
+# `attack` is one attack or a comma list (robust = the worst case over them); `attack_precision` is
+# the autocast the attacks ran under; `aa_version` AutoAttack's attacks (attacks.AA_VERSIONS);
+# `protocol` the preset that set them (configs/protocols/); `transform` the images' preprocessing
+# (`tga_zsr`: each dataset's SPEC §5 transform; `robustvlm`: native resolution, see evaluate.py);
+# `batch_stride` "KxB": only every K-th batch of B images (TeCoA's training-time validation).
+GROUP_KEYS = ("attack", "norm", "eps", "steps", "step_size", "n_samples", "attack_precision", "aa_version",
+              "protocol", "transform", "batch_stride")
 # Settings that must match for a stored result to count as done (the batch size is not one:
 # PGD accuracies do not depend on it; see evaluate.py).
 SETTING_KEYS = GROUP_KEYS + ("precision", "seed", "checkpoint")
+# Rows written before a setting existed hold the value that reproduces them: an old results.jsonl
+# still counts as done, and its rows sit in the same tables as new rows of the same settings.
+SETTING_DEFAULTS = {
+    "attack_precision": lambda r: r.get("precision"),
+    "aa_version": lambda r: "aa-papers" if "autoattack" in str(r.get("attack")) else None,
+    "protocol": lambda r: None, "transform": lambda r: "tga_zsr", "batch_stride": lambda r: None,
+}
+# A robust accuracy that rises by more than this many points when the attack runs in lower precision
+# than fp32 is flagged: a weaker attack in fp16/bf16 is what gradient masking by precision looks like.
+PRECISION_GAP_FLAG = 1.0
 MISSING = "–"
 # What a results row must hold to be counted (older or hand-edited rows without them are ignored).
 REQUIRED = {"dataset": str, "n": int, "clean_acc": (int, float), "robust_acc": (int, float)}
@@ -42,6 +58,17 @@ REQUIRED = {"dataset": str, "n": int, "clean_acc": (int, float), "robust_acc": (
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def setting(row: dict, key: str):
+    """A row's value of a setting, with the default of rows written before the setting existed."""
+    if key in row:
+        return row[key]
+    return SETTING_DEFAULTS[key](row) if key in SETTING_DEFAULTS else None
+
+
+def group_key(row: dict) -> tuple:
+    return tuple(setting(row, k) for k in GROUP_KEYS)
 
 
 def results_path(run_or_file: str | Path) -> Path:
@@ -106,7 +133,7 @@ def find_done(rows: list[dict], dataset: str, settings: dict) -> dict | None:
     """The last stored row of `dataset` evaluated with exactly `settings`, if any."""
     hit = None
     for r in rows:
-        if r.get("dataset") == dataset and all(r.get(k) == settings.get(k) for k in SETTING_KEYS):
+        if r.get("dataset") == dataset and all(setting(r, k) == settings.get(k) for k in SETTING_KEYS):
             hit = r
     return hit
 
@@ -131,20 +158,39 @@ def _num(v) -> str:
     return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
+AA_TITLES = {"aa-papers": "APGD-CE + APGD-DLR", "standard": "standard: APGD-CE, APGD-T, FAB-T, Square",
+             "apgd-ce-t": "APGD-CE + APGD-T"}
+
+
+def attack_title(attack, steps, aa_version) -> str:
+    names = []
+    for a in str(attack).split(","):
+        if a == "autoattack":
+            names.append(f"AutoAttack ({AA_TITLES.get(aa_version, aa_version or 'APGD-CE + APGD-DLR')})")
+        else:
+            names.append(f"{a.upper()}-{_num(steps)}")
+    return names[0] if len(names) == 1 else "worst of " + " + ".join(names)
+
+
 def group_title(key: tuple, precisions: list[str]) -> str:
-    attack, norm, eps, steps, step_size, n_samples = key
-    if attack == "autoattack":
-        name = "AutoAttack (APGD-CE + APGD-DLR)"
-    else:
-        name = f"{str(attack).upper()}-{_num(steps)}"
-    parts = [name, f"ε = {_num(eps)}/255"]
+    k = dict(zip(GROUP_KEYS, key))
+    attack, step_size = k["attack"], k["step_size"]
+    parts = [attack_title(attack, k["steps"], k["aa_version"]), f"ε = {_num(k['eps'])}/255"]
     if attack != "autoattack" and step_size is not None:
         parts.append(f"step {_num(step_size)}/255")
-    parts.append(str(norm))
-    if n_samples:
-        parts.append(f"{n_samples} samples per dataset")
+    parts.append(str(k["norm"]))
+    if k["n_samples"]:
+        parts.append(f"{k['n_samples']} samples per dataset")
+    if k["batch_stride"]:
+        parts.append(f"every {k['batch_stride'].replace('x', 'th batch of ')}")
     if precisions:
         parts.append("/".join(precisions))
+    if k["attack_precision"] and precisions != [k["attack_precision"]]:
+        parts.append(f"attacks in {k['attack_precision']}")
+    if k["transform"] != "tga_zsr":
+        parts.append(f"{k['transform']} images")
+    if k["protocol"]:
+        parts.append(f"protocol {k['protocol']}")
     return ", ".join(parts)
 
 
@@ -185,7 +231,7 @@ def build_tables(runs: list[tuple[str, list[dict]]], order: list[str] = (), labe
     groups: dict[tuple, dict[str, dict[str, dict]]] = {}
     for run_name, rows in runs:
         for r in rows:
-            key = tuple(r.get(k) for k in GROUP_KEYS)
+            key = group_key(r)
             # later lines win: a re-evaluation replaces the earlier number of that dataset
             groups.setdefault(key, {}).setdefault(run_name, {})[r["dataset"]] = r
     tables = []
@@ -214,7 +260,29 @@ def build_tables(runs: list[tuple[str, list[dict]]], order: list[str] = (), labe
                                "complete": len(have) == len(datasets), "n_datasets": len(have)})
         tables.append({"key": key, "title": group_title(key, precisions), "datasets": datasets,
                        "precision": "/".join(precisions), "rows": table_rows})
+    mark_precision_gaps(tables)
     return tables
+
+
+def mark_precision_gaps(tables: list[dict], flag_above: float = PRECISION_GAP_FLAG) -> None:
+    """For a run evaluated with the same settings once with fp32 attacks and once in fp16/bf16:
+    `precision_gap` = low-precision robust − fp32 robust (mean over the datasets both have), and
+    `masking` when it exceeds `flag_above` points (the lower precision weakened the attack)."""
+    index = GROUP_KEYS.index("attack_precision")
+    fp32 = {t["key"][:index] + t["key"][index + 1:]: t for t in tables if t["key"][index] == "fp32"}
+    for t in tables:
+        ref = fp32.get(t["key"][:index] + t["key"][index + 1:])
+        if t["key"][index] in (None, "fp32") or ref is None:
+            continue
+        ref_rows = {r["run"]: r for r in ref["rows"]}
+        for row in t["rows"]:
+            other = ref_rows.get(row["run"])
+            common = [d for d in row["cells"] if other and d in other["cells"]]
+            if not common:
+                continue
+            gap = sum(row["cells"][d][0] - other["cells"][d][0] for d in common) / len(common)
+            row["precision_gap"] = {"vs": "fp32", "points": round(gap, 2), "datasets": len(common),
+                                    "masking": gap > flag_above}
 
 
 def to_markdown(tables: list[dict]) -> str:
@@ -242,15 +310,24 @@ def to_markdown(tables: list[dict]) -> str:
             lines += ["", f"\\* mean over the datasets that run has, not all {len(t['datasets'])}."]
         if notes:
             lines += [""] + notes
+        for row in t["rows"]:
+            gap = row.get("precision_gap")
+            if gap:
+                verdict = (f"more than {PRECISION_GAP_FLAG:g}: possible gradient masking, trust the fp32 numbers"
+                           if gap["masking"] else f"within {PRECISION_GAP_FLAG:g}")
+                lines += ["", f"{row['label']}: attacks in {t['key'][GROUP_KEYS.index('attack_precision')]} give "
+                          f"{gap['points']:+.2f} points of robust accuracy against fp32 attacks "
+                          f"({gap['datasets']} datasets), {verdict}."]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
 
 def write_csv(tables: list[dict], path: str | Path, order: list[str] = ()) -> None:
     datasets = dataset_order({d for t in tables for d in t["datasets"]}, order)
-    fields = list(GROUP_KEYS) + ["precision", "method", "label", "run"]
+    fields = list(GROUP_KEYS[:6]) + ["precision", "method", "label", "run"]
     fields += [f"{d}_{kind}" for d in datasets for kind in ("robust", "clean")]
     fields += ["mean_robust", "mean_clean", "average", "n_datasets", "complete", "skipped_images"]
+    fields += list(GROUP_KEYS[6:]) + ["precision_gap", "possible_masking"]  # later settings after the old columns
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
@@ -263,6 +340,9 @@ def write_csv(tables: list[dict], path: str | Path, order: list[str] = ()) -> No
                            skipped_images=sum(k for k, _ in row["skipped"].values()))
                 for d, (rob, cl) in row["cells"].items():
                     rec[f"{d}_robust"], rec[f"{d}_clean"] = f"{rob:.2f}", f"{cl:.2f}"
+                if row.get("precision_gap"):
+                    rec["precision_gap"] = f"{row['precision_gap']['points']:.2f}"
+                    rec["possible_masking"] = row["precision_gap"]["masking"]
                 w.writerow(rec)
 
 

@@ -10,6 +10,8 @@ params (flags), run_folder, clip_model, methods, train, evaluate, results, visua
     python tga_zsr.py --Method TGA-ZSR --Alpha 0.08 --Beta 0.05      # the paper's run (GPU)
     python tga_zsr.py --eval_only --resume checkpoints/<run>         # evaluate a run
     python tga_zsr.py --table checkpoints/<run_a> checkpoints/<run_b>  # the challenge table
+    python tga_zsr.py --leaderboard checkpoints/                     # ranking of the model cards
+    python tga_zsr.py --export checkpoints/<run> --format hf_hub      # a full CLIP for plain open_clip
     python tga_zsr.py --visualize --resume checkpoints/<run>         # figures (visualize.py --help)
     torchrun --nproc_per_node 4 tga_zsr.py --Method TGA-ZSR          # 4 GPUs (distributed.py)
 """
@@ -28,14 +30,17 @@ import distributed
 import visualize
 from plots import plot_loss_curve
 from checkpoint import CHECKPOINT_NAME, checkpoint_id, load_file, load_visual_weights
-from clip_model import build_model
+from clip_model import build_model, is_weights_folder
 from device import compile_module, log_recompiles, resolve_precision, seed_everything, set_tf32
 from evaluate import evaluate_run
+from export import export_run, model_description
+from model_card import leaderboard_main, write_card
 from losses import tga_zsr_loss  # noqa: F401  (public API: from tga_zsr import tga_zsr_loss)
 from methods import DEFAULT_METHOD_NAME, build_method, get_method, method_label, prepare_model
 from params import parse_args, validate
 from results import table_main
-from run_folder import RunLock, check_resume, prepare_run_dir, refuse_to_overwrite, setup_logging, write_run_header
+from run_folder import (RunLock, check_resume, environment, prepare_run_dir, refuse_to_overwrite, setup_logging,
+                        write_run_header)
 from train import NonFiniteLoss, RunStopped, StopSignals, Trainer
 
 log = logging.getLogger("tga_zsr")
@@ -77,6 +82,8 @@ def eval_method(args, obj, ckpt) -> str:
     meta = obj.get("meta") if isinstance(obj, dict) and isinstance(obj.get("meta"), dict) else {}
     if meta.get("method"):
         return meta["method"]
+    if ckpt is None and is_weights_folder(args.pretrained):  # a published robust CLIP: named after its folder / repo
+        return Path(str(args.pretrained).split(":", 1)[-1]).name
     return "clip" if ckpt is None else Path(ckpt).name.split(".")[0]
 
 
@@ -189,12 +196,18 @@ def run(args, dist_info: distributed.DistInfo, stop: StopSignals) -> int:
         if not args.no_eval:
             if args.compile and not training:
                 compile_module(model.image_tower)
+            label = method_label(method)
             try:
-                evaluate_run(args, model, run_dir, checkpoint_desc, device, precision, method, method_label(method))
+                evaluate_run(args, model, run_dir, checkpoint_desc, device, precision, method, label)
             except datasets.CorruptImage as e:
                 again = f"python tga_zsr.py --resume {run_dir}" if training else "the same command"
                 raise SystemExit(f"{e}\nThe datasets evaluated before it are in {run_dir / 'results.jsonl'}; "
                                  f"{again} evaluates the rest.") from None
+            if dist_info.main:
+                weights = run_dir / CHECKPOINT_NAME if training else resume_ckpt
+                card = write_card(run_dir, checkpoint_desc,
+                                  model_description(args, model, weights, method, label, run_dir), environment())
+                log.info(f"model card -> {card}")
     return 0
 
 
@@ -208,6 +221,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.table:
         return table_main(args.table, order=datasets.TABLE_ORDER, label_of=method_label)
+    if args.leaderboard:
+        return leaderboard_main(args.leaderboard)
+    if args.export:
+        setup_logging(None)
+        export_run(args.export, args.format, args.export_dir)
+        return 0
     dist_info = distributed.init_distributed(args.device, args.dist_timeout)
     try:
         with StopSignals() as stop:

@@ -59,6 +59,8 @@ def run_args(resume: str | None, overrides: dict | None = None) -> argparse.Name
     for k, v in (overrides or {}).items():
         if v is not None:
             setattr(args, k, v)
+    if isinstance(args.test_eps, (list, tuple)):  # --test_eps may list several budgets: the figure uses the first
+        args.test_eps = float(args.test_eps[0])
     return args
 
 

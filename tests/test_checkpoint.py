@@ -9,7 +9,7 @@ import yaml
 
 import tga_zsr
 from checkpoint import load_visual_weights
-from checkpoint import save_clip
+from weight_files import save_clip
 from clip_model import load_clip
 from tests.eval_fixtures import register_tiny_sets
 from checkpoint import trainable_state

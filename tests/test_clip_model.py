@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from checkpoint import save_clip
+from weight_files import save_clip
 from clip_model import CLIP_MEAN, CLIP_STD, load_clip
 
 

@@ -1,0 +1,180 @@
+"""Model cards (SPEC §10): `model_card.json` beside each evaluation's `results.jsonl`, and the
+leaderboard built from cards.
+
+A card is RobustBench-like: what was evaluated (name, source, architecture, activation, sha256 of
+the weights file, training method and arguments when the weights are a run of this project), then
+one entry per evaluation setting found in the results of those weights: protocol, threat model,
+ε, attacks, precisions, per-dataset clean / robust accuracy (and each attack's own), the mean over
+the 16 datasets of SPEC §5, the strict zero-shot mean over 15 (TinyImageNet left out: it is the
+training set's domain), the harmonic mean of clean and robust, the datasets whose clean accuracy
+is at chance level (e.g. PCAM), then the date, the tool's version and the git revision. No torch.
+
+    python tga_zsr.py --leaderboard checkpoints/          # every model_card.json below, ranked
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from pathlib import Path
+
+from results import GROUP_KEYS, PRECISION_GAP_FLAG, group_key, read_results, setting
+
+CARD_NAME = "model_card.json"
+TOOL = "tga_zsr.py evaluator (TGA-ZSR reference implementation)"
+SIXTEEN = ("tinyImageNet", "cifar10", "cifar100", "STL10", "Food101", "oxfordpet", "flowers102", "dtd", "EuroSAT",
+           "fgvc_aircraft", "Caltech101", "Caltech256", "StanfordCars", "PCAM", "ImageNet", "SUN397")
+NOT_ZERO_SHOT = ("tinyImageNet",)  # the fine-tuning data of the TGA-ZSR protocol
+THREAT = {"l_inf": "Linf", "l_2": "L2"}
+
+
+def harmonic(a: float, b: float) -> float:
+    return 2 * a * b / (a + b) if a + b > 0 else 0.0
+
+
+def at_chance(clean_acc: float, classes: int, n: int) -> bool:
+    """Clean accuracy no better than guessing: within two binomial standard deviations of 1/C
+    (at n = 32 768 PCAM images, 50 % ± 0.55 points; with few images the band widens accordingly)."""
+    if not classes or not n:
+        return False
+    p = 1.0 / classes
+    return clean_acc <= 100 * (p + 2 * math.sqrt(p * (1 - p) / n))
+
+
+def _mean(rows: dict, names, key: str) -> float:
+    return sum(rows[d][key] for d in names) / len(names)
+
+
+def summarise(rows: list[dict]) -> dict:
+    """One evaluation setting: per-dataset numbers and the means a card reports."""
+    per = {r["dataset"]: r for r in rows}  # later rows win (a re-evaluation)
+    r0 = rows[-1]
+    data = {}
+    for name, r in per.items():
+        data[name] = {"clean": r["clean_acc"], "robust": r["robust_acc"], "n": r.get("n"),
+                      "classes": r.get("classes"), "at_chance": at_chance(r["clean_acc"], r.get("classes"), r.get("n"))}
+        if r.get("attack_acc"):
+            data[name]["attack_acc"] = r["attack_acc"]
+        if r.get("aa_checks"):
+            data[name]["autoattack_checks"] = r["aa_checks"]
+    names = list(per)
+    means = {"all": {"clean": _mean(data, names, "clean"), "robust": _mean(data, names, "robust"),
+                     "datasets": len(names)}}
+    if all(d in per for d in SIXTEEN):
+        means["16_datasets"] = {"clean": _mean(data, SIXTEEN, "clean"), "robust": _mean(data, SIXTEEN, "robust")}
+        strict = [d for d in SIXTEEN if d not in NOT_ZERO_SHOT]
+        means["strict_zero_shot_15"] = {"clean": _mean(data, strict, "clean"), "robust": _mean(data, strict, "robust")}
+    head = means.get("16_datasets", means["all"])
+    return {
+        "protocol": setting(r0, "protocol"), "threat_model": THREAT.get(r0.get("norm"), r0.get("norm")),
+        "eps": r0.get("eps"), "eps_unit": "1/255", "attacks": str(r0.get("attack")).split(","),
+        "autoattack_version": setting(r0, "aa_version"), "steps": r0.get("steps"), "step_size": r0.get("step_size"),
+        "precision": r0.get("precision"), "attack_precision": setting(r0, "attack_precision"),
+        "transform": setting(r0, "transform"), "n_samples": r0.get("n_samples"),
+        "batch_stride": setting(r0, "batch_stride"), "seed": r0.get("seed"),
+        "datasets": data, "means": means, "headline": {**head, "harmonic": harmonic(head["clean"], head["robust"])},
+        "at_chance": [d for d, v in data.items() if v["at_chance"]],
+    }
+
+
+def precision_gaps(evaluations: list[dict]) -> None:
+    """Record, on each low-precision evaluation that has an fp32 twin, the robust-accuracy gap."""
+    def twin_key(e):
+        return tuple(v for k, v in e["_key"] if k != "attack_precision") + (e["precision"],)
+    fp32 = {twin_key(e): e for e in evaluations if e["attack_precision"] == "fp32"}
+    for e in evaluations:
+        ref = fp32.get(twin_key(e))
+        if ref is None or e is ref:
+            continue
+        common = [d for d in e["datasets"] if d in ref["datasets"]]
+        if common:
+            gap = sum(e["datasets"][d]["robust"] - ref["datasets"][d]["robust"] for d in common) / len(common)
+            e["precision_gap"] = {"vs": "fp32", "points": round(gap, 2), "datasets": len(common),
+                                  "possible_gradient_masking": gap > PRECISION_GAP_FLAG}
+
+
+def build_card(rows: list[dict], model: dict, environment: dict | None = None) -> dict:
+    """The card of one model: `model` describes it (name, source, arch, ...), `rows` are its results."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(group_key(r) + (r.get("precision"),), []).append(r)
+    evaluations = []
+    for key, group in groups.items():
+        e = summarise(group)
+        e["_key"] = tuple(zip(GROUP_KEYS + ("precision",), key))
+        evaluations.append(e)
+    precision_gaps(evaluations)
+    for e in evaluations:
+        del e["_key"]
+    env = environment or {}
+    return {"card_version": 1, "model": model, "evaluations": evaluations,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "tool": {"name": TOOL, "git_revision": env.get("git"),
+                     "versions": {k: env.get(k) for k in ("torch", "open_clip", "python") if env.get(k)}}}
+
+
+def write_card(run_dir: str | Path, checkpoint: str, model: dict, environment: dict | None = None) -> Path:
+    """`<run>/model_card.json` from every results row of the weights `checkpoint` in the run folder."""
+    run_dir = Path(run_dir)
+    rows = [r for r in read_results(run_dir) if r.get("checkpoint") == checkpoint]
+    path = run_dir / CARD_NAME
+    path.write_text(json.dumps(build_card(rows, model, environment), indent=2) + "\n")
+    return path
+
+
+# --- leaderboard ----------------------------------------------------------------------------------------
+def find_cards(folders: list[str]) -> list[Path]:
+    cards = []
+    for folder in folders:
+        p = Path(folder)
+        if p.is_file() and p.name == CARD_NAME:
+            cards.append(p)
+        elif p.is_dir():
+            cards += sorted(p.rglob(CARD_NAME))
+    return cards
+
+
+def setting_title(e: dict) -> str:
+    attacks = " + ".join(a.upper() if a != "autoattack" else f"AutoAttack ({e['autoattack_version']})"
+                         for a in e["attacks"])
+    parts = [attacks, f"{e['threat_model']} ε = {e['eps']:g}/255", f"attacks in {e['attack_precision']}"]
+    if e.get("n_samples"):
+        parts.append(f"{e['n_samples']} samples per dataset")
+    if e.get("protocol"):
+        parts.append(f"protocol {e['protocol']}")
+    return ", ".join(parts)
+
+
+def leaderboard(cards: list[dict]) -> str:
+    """One ranking per evaluation setting, by headline robust accuracy (ties: clean)."""
+    boards: dict[str, list] = {}
+    for card in cards:
+        for e in card["evaluations"]:
+            boards.setdefault(setting_title(e) + f" | {e['means']['all']['datasets']} datasets", []).append((card, e))
+    blocks = []
+    for title, entries in boards.items():
+        entries.sort(key=lambda ce: (-ce[1]["headline"]["robust"], -ce[1]["headline"]["clean"]))
+        lines = [f"### {title}", "", "| # | Model | Arch | Robust | Clean | Harmonic | Strict 15 robust | At chance | "
+                 "Precision gap | Source |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for i, (card, e) in enumerate(entries, 1):
+            m, h = card["model"], e["headline"]
+            strict = e["means"].get("strict_zero_shot_15")
+            gap = e.get("precision_gap")
+            gap_text = (f"{gap['points']:+.2f}{' ⚠' if gap['possible_gradient_masking'] else ''}" if gap else "")
+            strict_text = f"{strict['robust']:.2f}" if strict else "–"
+            lines.append(f"| {i} | {m.get('name')} | {m.get('arch')} | {h['robust']:.2f} | {h['clean']:.2f} | "
+                         f"{h['harmonic']:.2f} | {strict_text} | "
+                         f"{', '.join(e['at_chance']) or '–'} | {gap_text or '–'} | {m.get('source')} |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n" if blocks else "no evaluations in these cards\n"
+
+
+def leaderboard_main(folders: list[str]) -> int:
+    paths = find_cards(folders)
+    if not paths:
+        raise SystemExit(f"no {CARD_NAME} under {' '.join(folders)}: evaluate first "
+                         f"(python tga_zsr.py --eval_only ...), every evaluation writes one")
+    cards = [json.loads(p.read_text()) for p in paths]
+    print(leaderboard(cards), end="")
+    print(f"({len(cards)} cards: {', '.join(str(p) for p in paths)})")
+    return 0
