@@ -311,9 +311,10 @@ def validate(args, world: int = 1) -> None:
     problems = []
     for flags, floor, what in LIMITS:
         for flag in flags:
-            v = getattr(args, flag, None)
-            if v is not None and not (math.isfinite(v) and v >= floor):
-                problems.append(f"--{flag} {v:g}: {what}")
+            value = getattr(args, flag, None)
+            for v in (value if isinstance(value, (list, tuple)) else [value]):  # --test_eps takes a list
+                if v is not None and not (math.isfinite(v) and v >= floor):
+                    problems.append(f"--{flag} {v:g}: {what}")
     if not args.dist_timeout > 0:
         problems.append(f"--dist_timeout {args.dist_timeout:g}: must be more than 0 minutes")
     parts = world * args.accum_steps

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import OPENAI_ONLY_KEYS, atomic_save, strip_prefix
+from checkpoint import OPENAI_ONLY_KEYS, atomic_save, load_file, strip_prefix
 from hf_clip import convert_state_dict, is_transformers_config, open_clip_config
 
 HUB_CONFIG, HUB_WEIGHTS = "open_clip_config.json", ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from attention import attention_grid, text_guided_attention
+from attention import patch_attention, text_guided_attention
 from checkpoint import load_visual_weights
 from clip_model import CLIP_MEAN, CLIP_STD, load_clip
 
@@ -242,6 +242,6 @@ def test_other_patch_sizes_token_grid_cls_path_and_map(tmp_path, patch, width, g
         assert torch.allclose(model.image_features(x), full, **TOL)   # CLS-only last block
         assert torch.allclose(tokens[:, 0], full, **TOL)
         t = model.encode_text(["a photo of a cat", "a photo of a dog"])
-        assert attention_grid(tokens, t).shape == (2, 1, grid, grid)
+        assert patch_attention(tokens, t).shape == (2, 1, grid, grid)
         maps = text_guided_attention(tokens, t, 224)
     assert maps.shape == (2, 1, 224, 224) and maps.min() >= 0 and maps.max() <= 1
