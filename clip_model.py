@@ -314,8 +314,11 @@ def _load_folder(pretrained: str, quick_gelu: bool | None) -> ClipModel:
                          f"{'QuickGELU' if info['quick_gelu'] else 'GELU'} ({info['quick_gelu_why']})")
     clip = clip_from_config(info["model_cfg"], info["quick_gelu"])
     transient = {n for n, _ in clip.named_buffers()} - set(clip.state_dict())
-    load_strict(clip, {k: v for k, v in state.items() if k not in transient}, f"{pretrained} ({info['format']})",
-                "CLIP")
+    try:
+        load_strict(clip, {k: v for k, v in state.items() if k not in transient},
+                    f"{pretrained} ({info['format']})", "CLIP")
+    except SystemExit as e:  # a library call: ValueError, as for every other bad input here
+        raise ValueError(str(e)) from None
     arch = arch_of_config(info["model_cfg"], Path(origin or folder).name)
     log.info(f"{pretrained}: {info['format']}, {arch}, "
              f"{'QuickGELU' if info['quick_gelu'] else 'GELU'} ({info['quick_gelu_why']})")
@@ -398,7 +401,10 @@ def load_clip(arch: str = "ViT-B-32", pretrained: str | None = "openai", device=
             # Non-persistent buffers (open_clip's text attn_mask) appear in TorchScript state dicts.
             transient = {n for n, _ in clip.named_buffers()} - set(clip.state_dict())
             state = {k: v for k, v in state.items() if k not in transient}
-            load_strict(clip, state, str(pretrained), f"CLIP ({arch})")
+            try:
+                load_strict(clip, state, str(pretrained), f"CLIP ({arch})")
+            except SystemExit as e:  # a library call: ValueError, as for every other bad input here
+                raise ValueError(str(e)) from None
             kind = "OpenAI CLIP weights" if info["openai"] else "open_clip weights"
             log.info(f"loaded weights from {pretrained} ({kind}, QuickGELU={use_qg})")
     clip = clip.float()

@@ -155,7 +155,7 @@ def test_transformers_folder_with_a_missing_key_names_it(tmp_path):
     del state["vision_model.encoder.layers.1.mlp.fc2.bias"]
     save_file(state, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps(HF_CONFIG))
-    with pytest.raises(SystemExit, match=r"missing keys: \['visual.transformer.resblocks.1.mlp.c_proj.bias'\]"):
+    with pytest.raises(ValueError, match=r"missing keys: \['visual.transformer.resblocks.1.mlp.c_proj.bias'\]"):
         load_clip("x", str(tmp_path))
 
 
