@@ -53,7 +53,7 @@ SETTING_DEFAULTS = {
 PRECISION_GAP_FLAG = 1.0
 MISSING = "–"
 # What a results row must hold to be counted (older or hand-edited rows without them are ignored).
-REQUIRED = {"dataset": str, "n": int, "clean_acc": (int, float), "robust_acc": (int, float)}
+REQUIRED = {"dataset": str, "clean_acc": (int, float), "robust_acc": (int, float)}
 
 
 def warn(message: str) -> None:
@@ -198,13 +198,13 @@ def format_table(rows: list[dict]) -> str:
     """A small per-dataset table of one run's results (the challenge table is `build_tables`)."""
     lines = ["| dataset | n | clean | robust |", "|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['n']} | {r['clean_acc']:.2f} | {r['robust_acc']:.2f} |")
+        lines.append(f"| {r['dataset']} | {r.get('n', MISSING)} | {r['clean_acc']:.2f} | {r['robust_acc']:.2f} |")
     if rows:
         mc = sum(r["clean_acc"] for r in rows) / len(rows)
         mr = sum(r["robust_acc"] for r in rows) / len(rows)
         lines.append(f"| **mean** | | {mc:.2f} | {mr:.2f} |")
-    lines += [f"{r['dataset']}: {r['skipped']} unreadable image(s) skipped (--skip_corrupt); n = the {r['n']} read"
-              for r in rows if r.get("skipped")]
+    lines += [f"{r['dataset']}: {r['skipped']} unreadable image(s) skipped (--skip_corrupt); n = the "
+              f"{r.get('n', MISSING)} read" for r in rows if r.get("skipped")]
     return "\n".join(lines)
 
 
@@ -254,7 +254,7 @@ def build_tables(runs: list[tuple[str, list[dict]]], order: list[str] = (), labe
             clean = sum(by_ds[d]["clean_acc"] for d in have) / len(have)
             table_rows.append({"label": label, "method": method, "run": name,
                                "cells": {d: (by_ds[d]["robust_acc"], by_ds[d]["clean_acc"]) for d in have},
-                               "skipped": {d: (by_ds[d]["skipped"], by_ds[d]["n"]) for d in have
+                               "skipped": {d: (by_ds[d]["skipped"], by_ds[d].get("n", MISSING)) for d in have
                                            if by_ds[d].get("skipped")},
                                "robust": robust, "clean": clean, "average": (robust + clean) / 2,
                                "complete": len(have) == len(datasets), "n_datasets": len(have)})
