@@ -101,10 +101,10 @@ def attention_rows(original, finetuned, data, indices: list[int], settings: dict
     (same ε, steps, seed). `attack_original`: the original model's adversarial column gets its
     own white-box PGD image instead of the fine-tuned model's (the paper's per-model setting).
     """
-    items = [data.dataset[i] for i in indices]
-    x = datasets.images_to(torch.stack([im for im, _ in items]), device)
-    y = torch.tensor([int(lbl) for _, lbl in items], device=device)
-    idx = torch.tensor(indices)
+    x, y, idx, unreadable = datasets.collate_indexed([datasets.Indexed(data.dataset)[i] for i in indices])
+    if unreadable:  # the figure shows the images drawn, never a substitute
+        raise SystemExit(f"{datasets.CorruptImage(data.name, unreadable)}\nOr draw other images: --image_seed")
+    x, y = datasets.images_to(x, device), y.to(device)
     with torch.no_grad():
         text = finetuned.encode_text(data.prompts)  # the text tower is shared and never trained
     with no_param_grad(finetuned):
