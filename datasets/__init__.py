@@ -14,6 +14,7 @@ Public API:
     dataset_labels(torch_dataset) -> list[int]
     canonical_name(name), available(), clean_name(name), TEMPLATE, DatasetError
     TEST_DATASETS (the 16 of SPEC §5), TABLE_ORDER (those, then the world sets: tables' order)
+    PAPER_SETS (ImageNet-A/O/R, ImageNet100, tinyImageNet_split: for the paper's other tables)
 
 The registry itself is `datasets/registry.py`; this file only imports the builders (each
 registers its datasets on import) and re-exports the API. No module of the package imports
@@ -26,7 +27,8 @@ the package back: they import `datasets.registry`, `datasets.catalog`, ... direc
 # Builders register themselves on import; this order is the order of `available()`.
 from datasets import synthetic, world  # noqa: F401
 from datasets import tinyimagenet, imagenet, torchvision_sets  # noqa: F401
-from datasets.catalog import TABLE_ORDER, TEST_DATASETS, DatasetError
+from datasets import imagenet_shifts, subsets  # noqa: F401  (ImageNet-A/O/R, ImageNet100, tinyImageNet_split)
+from datasets.catalog import PAPER_SETS, TABLE_ORDER, TEST_DATASETS, DatasetError
 from datasets.labelled import Indexed, class_balanced_subset, dataset_labels
 from datasets.registry import (TEMPLATE, ZeroShotData, available, canonical_name, check_dataset, clean_name,
                                get_dataset, register)
@@ -34,4 +36,4 @@ from datasets.registry import _CANONICAL  # noqa: F401  (tests/eval_fixtures.py 
 
 __all__ = ["get_dataset", "check_dataset", "class_balanced_subset", "dataset_labels", "canonical_name",
            "available", "clean_name", "TEMPLATE", "DatasetError", "ZeroShotData", "TEST_DATASETS", "TABLE_ORDER",
-           "register", "Indexed"]
+           "PAPER_SETS", "register", "Indexed"]
