@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import statistics
 import threading
 import time
@@ -210,18 +209,19 @@ def test_short_mini_tables_run_once_and_print(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- launchers
 def test_submitit_local_executor_runs_two_tiny_runs(tmp_path):
-    """T4 in a tiny synthetic setting through submitit's local executor: PMG-AFT and TGA-ZSR train
-    (two jobs), CLIP is evaluated (a third), each job a separate process running `paper.py --only`."""
+    """T4 in a tiny synthetic setting: its CLIP row is evaluated here (`--only`, what every job runs),
+    then PMG-AFT and TGA-ZSR train as two jobs of submitit's local executor, each a process of its own."""
     pytest.importorskip("submitit")
     synthetic = ["--", "-c", str(ROOT / "configs" / "synthetic.yaml"), "--max_steps", "1", "--test_numsteps", "1",
                  "--testdata", "synthetic_colors", "--n_samples", "8"]
-    argv = ["T4", "--mini", "--seeds", "0", "--out", str(tmp_path), "--device", "cpu", "--submitit", "local",
-            "--time_min", "10"] + synthetic
-    assert paper.main(argv) == 0
+    common = ["T4", "--mini", "--seeds", "0", "--out", str(tmp_path), "--device", "cpu"]
     plan = paper.build_plan(["T4"], mini=True, seeds=[0], extra=synthetic[1:], out=tmp_path)
+    clip = next(k for k, r in plan.runs.items() if not r.trains)
+    assert paper.main(common + ["--only", clip] + synthetic) == 0
+    assert paper.main(common + ["--submitit", "local", "--time_min", "10"] + synthetic) == 0
     trained = [r for r in plan.runs.values() if r.trains]
     assert len(trained) == 2 and all(training_state(r, tmp_path)[0] == "done" for r in trained)
-    assert len(list((tmp_path / "submitit").glob("*_result.pkl"))) == 3
+    assert len(list((tmp_path / "submitit").glob("*_result.pkl"))) == 2   # one job per training run
     md = (tmp_path / "tables" / "T4_mini.md").read_text()
     assert "pending" not in md and "| TGA-ZSR |" in md
 
