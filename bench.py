@@ -11,12 +11,20 @@ forwards), then each item, so every ratio compares measurements seconds apart; m
 `--reps` repetitions after `--warmup` warm-ups.
 
 `--per_method` instead times one whole optimiser step of every method of the registry (its own
-config: attack steps, frozen reference, prompts), the first step a warm-up. This is the one
-benchmark script; pytest never runs it.
+config: attack steps, frozen reference, prompts), the first step a warm-up.
+
+`--cost <tga_zsr.py flags>` measures what the paper's Table 8 reports for one run of those flags,
+on this device, with the real loop and data: seconds per training batch (median of
+`--cost_batches` after `--cost_warmup`; `Trainer.train_step`, data loading excluded) and per epoch
+(that × batches per epoch), peak training memory (CUDA: the allocator's peak; CPU: the peak
+resident size of this process, model and data included), and seconds per test batch (clean +
+attacked forward of one `--test_batch_size` batch of the first test set, under the run's attack).
+paper.py runs it for Table 8. This is the one benchmark script.
 
     python bench.py                                    # ViT-B/32, batch 16, 25 and 200 classes, CPU fp32
     python bench.py --device cuda --precision amp --batch_size 128 --classes 200
     python bench.py --per_method --methods fare tima --steps 3 --threads 2
+    python bench.py --cost --json cost.jsonl -c configs/mini.yaml --Method TGA-ZSR   # one row of Table 8
 """
 from __future__ import annotations
 
@@ -25,21 +33,26 @@ import copy
 import json
 import logging
 import os
+import resource
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+import datasets
 from attacks import no_param_grad, pgd
-from clip_model import load_clip
-from device import autocast, make_scaler, resolve_device, resolve_precision
+from clip_model import build_model, load_clip
+from device import autocast, make_scaler, resolve_device, resolve_precision, seed_everything
 from doctor import estimate_hours, peak_tflops
-from methods import TrainingSetup, available_methods, build_method
+from evaluate import attack_batch, eval_settings
+from methods import TrainingSetup, available_methods, build_method, get_method
 from params import parse_args
-from train import build_optimizer, trainable_parameters
+from train import Trainer, build_optimizer, trainable_parameters
 
 
 def timed(fn, reps: int, warmup: int, device) -> float:
@@ -222,7 +235,104 @@ def per_method(a) -> None:
     print(f"# load average at end {os.getloadavg()[0]:.1f}")
 
 
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_gb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # Linux: KiB
+
+
+def measure_cost(argv: list[str], batches: int = 5, warmup: int = 1) -> dict:
+    """Table 8 for one run of these tga_zsr.py flags, on this device (see the module docstring)."""
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    seed_everything(args.seed)
+    cls = get_method(args.Method or "tga_zsr", args.atten_methods)
+    model = build_model(args, device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    rec = {"method": cls.name, "arch": str(args.arch), "device_name": name, "precision": precision,
+           "batch_size": args.batch_size, "test_batch_size": args.test_batch_size, "measured_batches": batches,
+           "train_s_per_batch": None, "train_s_per_epoch": None, "train_peak_mem_gb": None}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if cls.trains != "nothing" and args.epochs > 0:
+        data = datasets.get_dataset(args.dataset, args.root, "train")
+        with torch.no_grad():
+            text = model.encode_text(data.prompts)
+        method = build_method(args, model, text, list(data.prompts), list(data.classnames), len(data))
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = Trainer(args, model, method, data, Path(tmp), device, method.precision or precision)
+        times = []
+        for i, (x, y, idx, _) in enumerate(trainer.loader()):
+            x, y = datasets.images_to(x, device), y.to(device)
+            _sync(device)
+            t0 = time.perf_counter()
+            trainer.train_step(x, y, idx)
+            _sync(device)
+            trainer.step += 1
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+            if len(times) >= batches:
+                break
+        if times:
+            rec.update(train_s_per_batch=statistics.median(times), steps_per_epoch=trainer.steps_per_epoch,
+                       train_s_per_epoch=statistics.median(times) * trainer.steps_per_epoch,
+                       train_peak_mem_gb=peak_memory_gb(device), measured_batches=len(times))
+    test = datasets.get_dataset(args.testdata[0], args.root, "test")
+    test = datasets.class_balanced_subset(test, args.test_batch_size, args.seed)
+    x, y = next(iter(torch.utils.data.DataLoader(test.dataset, batch_size=args.test_batch_size)))
+    x, y, idx = datasets.images_to(x, device), y.to(device), torch.arange(len(y))
+    with torch.no_grad():
+        text = model.encode_text(test.prompts)
+    settings = eval_settings(args, "cost", precision)
+    model.eval()
+    with no_param_grad(model):
+        for k in range(2):  # a warm-up batch, then the measured one
+            _sync(device)
+            t0 = time.perf_counter()
+            with autocast(device, precision):
+                with torch.no_grad():
+                    model.logits(x, text)
+                x_adv = attack_batch(model, x, y, idx, text, settings)
+                with torch.no_grad():
+                    model.logits(x_adv, text)
+            _sync(device)
+    rec.update(test_s_per_batch=time.perf_counter() - t0, test_batch=len(y), test_set=test.name,
+               attack=settings["attack"], test_steps=settings["steps"], test_eps=settings["eps"])
+    return rec
+
+
+def cost_main(argv: list[str]) -> int:
+    pre = argparse.ArgumentParser("bench.py --cost: Table 8 for one run of tga_zsr.py flags")
+    pre.add_argument("--cost", action="store_true")
+    pre.add_argument("--json", default=None, help="append the measurement as a JSON line to this file")
+    pre.add_argument("--cost_batches", type=int, default=5, help="training batches measured (after the warm-up)")
+    pre.add_argument("--cost_warmup", type=int, default=1)
+    known, rest = pre.parse_known_args(argv)
+    logging.disable(logging.WARNING)  # open_clip's and the loop's chatter; the JSON line is the output
+    try:
+        rec = measure_cost(rest, known.cost_batches, known.cost_warmup)
+    finally:
+        logging.disable(logging.NOTSET)
+    line = json.dumps(rec)
+    print(line)
+    if known.json:
+        Path(known.json).parent.mkdir(parents=True, exist_ok=True)
+        with open(known.json, "a") as f:
+            f.write(line + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--cost" in argv:
+        return cost_main(argv)
     p = argparse.ArgumentParser("TGA-ZSR speed benchmark")
     p.add_argument("--per_method", action="store_true", help="seconds per training step of every method")
     p.add_argument("--methods", nargs="+", default=[m for m in available_methods() if m != "clip"],

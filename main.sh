@@ -9,6 +9,8 @@
 #   bash main.sh mini               # the mini benchmark: every row in the procedural world, CPU, one table
 #   bash main.sh tga_zsr            # one row of the paper's table (GPU): ViT-B/32, TinyImageNet, 16 test sets
 #   bash main.sh all                # every row in sequence, each evaluated after training
+#   bash main.sh paper --list       # every table of the paper; `bash main.sh paper T7` runs one (paper.py)
+#   bash main.sh mini-paper T7      # the mini version of a table on the CPU (three seeds)
 #
 # Rows: clip ft_clean ft_adv tecoa tecoa_vpt pmg_aft fare tga_zsr_visual tga_zsr comp_tga tima.
 # Each row's method-specific defaults come from configs/<method>.yaml; the command spells out the
@@ -185,6 +187,18 @@ case "$job" in
     # DDP over the visible GPUs, ViT-B/32 memory, speed, MFU and the wall clock of `bash main.sh tga_zsr`.
     "$PY" doctor.py "$@"
     ;;
+  paper)
+    # The paper's tables, one command each (README "The paper's tables"; configs/paper/<table>.yaml):
+    #   bash main.sh paper --list | T7 --plan | T7 --dry_run | T7 | T1 T6 --gpus 0,1,2,3 | all --submitit slurm
+    # Runs are shared between tables and never computed twice; the tables (ours beside the paper's
+    # numbers) are printed from whatever has finished, and written to checkpoints/paper/tables/.
+    "$PY" paper.py "$@"
+    ;;
+  mini-paper)
+    # The mini version of a table (the mini world of configs/mini.yaml, three seeds, mean ± std) on the
+    # CPU: bash main.sh mini-paper T7 T18 T14 T6. Tables -> checkpoints/mini-paper/tables/.
+    "$PY" paper.py --mini "$@"
+    ;;
   all)
     # Every row of the paper's table in sequence (GPU); each run is evaluated after training.
     for m in "${ROWS[@]}"; do
@@ -194,7 +208,7 @@ case "$job" in
     ;;
   *)
     if [[ " ${ROWS[*]} " != *" $job "* ]]; then
-      echo "unknown job '$job'. Jobs: smoke, smoke-all, mini, test, doctor, all, ${ROWS[*]}" >&2
+      echo "unknown job '$job'. Jobs: smoke, smoke-all, mini, test, doctor, all, paper, mini-paper, ${ROWS[*]}" >&2
       exit 2
     fi
     row "$job" "$@"

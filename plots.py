@@ -113,18 +113,32 @@ def trade_off_points(runs: list[str | Path], eps: float | None = None, label_of=
 LABELLED_POINTS = 6  # more points than this get a legend instead of labels next to them
 
 
-def draw_trade_off(points: list[dict], title: str = ""):
-    """Scatter of the points (one `scatter` call, in the order given) with iso-Average lines."""
+def draw_trade_off(points: list[dict], title: str = "", reference: list[dict] | None = None):
+    """Scatter of the points (one `scatter` call, in the order given) with iso-Average lines.
+
+    `reference`: other points for the same labels (the paper's numbers), drawn hollow in the point's
+    colour and joined to it by a dotted line."""
     plt = pyplot()
+    reference = reference or []
     with plt.rc_context(STYLE):
         w, h = TRADE_OFF_SIZE
-        fig, ax = plt.subplots(figsize=(w if len(points) <= LABELLED_POINTS else w + 3.2, h), layout="constrained")
+        wide = len(points) > LABELLED_POINTS or bool(reference)
+        fig, ax = plt.subplots(figsize=(w + 3.2 if wide else w, h), layout="constrained")
         xs = [p["clean"] for p in points]
         ys = [p["robust"] for p in points]
         cmap = plt.get_cmap("tab10" if len(points) <= 10 else "tab20")
         colours = [cmap(i % cmap.N) for i in range(len(points))]
         ax.scatter(xs, ys, c=colours, s=60, zorder=3, edgecolors="black", linewidths=0.6)
-        if len(points) <= LABELLED_POINTS:
+        colour_of = {p["label"]: c for p, c in zip(points, colours)}
+        by_label = {p["label"]: p for p in points}
+        for r in reference:
+            c = colour_of.get(r["label"], "0.3")
+            ax.scatter([r["clean"]], [r["robust"]], s=60, zorder=3, facecolors="none", edgecolors=[c], linewidths=1.4)
+            if r["label"] in by_label:
+                p = by_label[r["label"]]
+                ax.plot([r["clean"], p["clean"]], [r["robust"], p["robust"]], ls=":", lw=0.9, color=c, zorder=2)
+        xs_all, ys_all = xs + [r["clean"] for r in reference], ys + [r["robust"] for r in reference]
+        if not wide:
             for i, (p, x, y) in enumerate(zip(points, xs, ys)):
                 # points on (nearly) the same spot get their labels stacked, not printed over each other
                 below = sum(abs(x - xs[j]) < 1.0 and abs(y - ys[j]) < 1.0 for j in range(i))
@@ -133,9 +147,12 @@ def draw_trade_off(points: list[dict], title: str = ""):
             for p, colour in zip(points, colours):
                 ax.scatter([], [], color=colour, s=60, edgecolors="black", linewidths=0.6,
                            label=f"{p['label']} ({p['clean']:.1f}, {p['robust']:.1f})")
+            if reference:
+                ax.scatter([], [], s=60, facecolors="none", edgecolors="0.3", linewidths=1.4, label="hollow: the paper")
             ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=9, frameon=False,
                       title="method (clean, robust)", title_fontsize=9)
         # A square view with equal aspect, so the iso-Average lines run at −45° and read as such.
+        xs, ys = xs_all, ys_all
         span = min(104.0, max(20.0, 1.3 * max(max(xs) - min(xs), max(ys) - min(ys))))
         x0 = min(max(-2.0, (max(xs) + min(xs) - span) / 2), 102.0 - span)
         y0 = min(max(-2.0, (max(ys) + min(ys) - span) / 2), 102.0 - span)

@@ -14,6 +14,8 @@ in the order the caller gives (tga_zsr.py: the 16 test sets of SPEC §5, then th
 a run without a dataset that another run has shows "–" there, and its means (over the datasets
 it has) are marked with *. Results evaluated with different attack settings (`GROUP_KEYS`) go
 into separate tables, each titled with its settings. Markdown on stdout, and a CSV.
+
+Tables beside reference numbers (the paper's) are `comparison.py`.
 No torch import: it runs instantly.
 
     from results import read_results, find_done, append_result

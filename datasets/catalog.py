@@ -27,7 +27,7 @@ class DatasetInfo:
     num_classes: int
     counts: dict                # split -> expected number of images (SPEC §5 / torchvision docs)
     eval_split: str             # the split SPEC §5 evaluates on
-    download: str = "torchvision"   # "torchvision" | "tinyimagenet" | "manual"
+    download: str = "torchvision"   # "torchvision" | "tinyimagenet" | "tar" (one archive URL) | "manual"
     source: str = ""            # where to get the files when they cannot be downloaded
     extra: dict = field(default_factory=dict)
 
@@ -115,6 +115,39 @@ INFO: dict[str, DatasetInfo] = {
 }
 
 TEST_DATASETS = list(INFO)  # the 16 of SPEC §5 (tinyImageNet first), in table order
+
+# The sets some of the paper's other tables need (SPEC §9): ImageNet-A/O/R (Tables 11-12), the
+# 100-class ImageNet training subset (Tables 9-10) and the 80/20 split of TinyImageNet train
+# (Table 13). Registered like the 16, but not evaluated by default (not in TEST_DATASETS).
+_SHIFT_SOURCE = ("https://people.eecs.berkeley.edu/~hendrycks/{0}.tar (Hendrycks et al.; mirrors: "
+                 "Zenodo, Hugging Face); extract it as is into <root>/, so that <root>/{0}/{1}/ holds .jpg files")
+PAPER_SETS = {
+    "ImageNet-A": DatasetInfo(
+        "imagenet-a", "<wnid>/*.jpg for the 200 ImageNet classes of datasets/classnames/imagenet_a_wnids.txt "
+        "(the released imagenet-a.tar extracted as is; its README.txt is ignored)",
+        200, {"test": 7_500}, "test", "tar", _SHIFT_SOURCE.format("imagenet-a", "n01498041")),
+    "ImageNet-O": DatasetInfo(
+        "imagenet-o", "<wnid>/*.jpg for the 200 ImageNet classes of datasets/classnames/imagenet_a_wnids.txt "
+        "(ImageNet-O uses ImageNet-A's classes; the released imagenet-o.tar extracted as is)",
+        200, {"test": 2_000}, "test", "tar", _SHIFT_SOURCE.format("imagenet-o", "n01498041")),
+    "ImageNet-R": DatasetInfo(
+        "imagenet-r", "<wnid>/*.jpg for the 200 ImageNet classes of datasets/classnames/imagenet_r_wnids.txt "
+        "(the released imagenet-r.tar extracted as is; its README.txt is ignored)",
+        200, {"test": 30_000}, "test", "tar", _SHIFT_SOURCE.format("imagenet-r", "n01443537")),
+    "ImageNet100": DatasetInfo(
+        "ImageNet/train", "<wnid>/*.JPEG for (at least) the 100 classes of datasets/classnames/"
+        "imagenet100_wnids.txt, drawn with a fixed seed; test split: those classes of ImageNet/val",
+        100, {"val": 5_000}, "val", "manual",
+        "the ILSVRC2012 training images (an account at https://image-net.org, or Kaggle's "
+        "'imagenet-object-localization-challenge': ILSVRC/Data/CLS-LOC/train); put them in "
+        "<root>/ImageNet/train/<wnid>/*.JPEG (only the 100 listed classes are read)"),
+    "tinyImageNet_split": DatasetInfo(
+        "tiny-imagenet-200", "TinyImageNet's train/<wnid>/images/*.JPEG, split per class 80/20 with a fixed "
+        "seed; the held-out 20 % is recorded in tiny-imagenet-200/holdout20_seed0.txt on first use",
+        200, {"train": 80_000, "test": 20_000}, "test", "tinyimagenet",
+        "http://cs231n.stanford.edu/tiny-imagenet-200.zip"),
+}
+INFO.update(PAPER_SETS)
 
 # The one order of datasets in results tables: the 16 test sets, then the mini world's sets in
 # the order of `datasets/world.py` SUITE (which also fixes their seeds; a test keeps the two

@@ -4,6 +4,8 @@
     python -m datasets.prepare --root ./data --verify                # check all 16 test sets (+ TinyImageNet train)
     python -m datasets.prepare --root ./data --verify cifar10 dtd --expect cifar10=4:10
     python -m datasets.prepare --root ./data --verify tinyImageNet --deep  # decode every image
+    python -m datasets.prepare --root ./data --download ImageNet-A ImageNet-O ImageNet-R tinyImageNet_split
+    python -m datasets.prepare --write_imagenet100                   # regenerate the committed ImageNet100 classes
 
 Downloads use torchvision's own `download=True` (same folders as the loaders read), and the
 official TinyImageNet zip (progress bar, md5 check, extracted in place; val stays in its raw
@@ -18,6 +20,11 @@ cannot be decoded. Status: OK, MISSING (folder absent), INCOMPLETE (fewer images
 expected), CORRUPT (images that cannot be decoded), ERROR (present but unreadable). Exit code 1 if any requested dataset
 is not OK. `--expect NAME=COUNT[:CLASSES]` overrides the expected sizes (for partial copies
 and test fixtures).
+
+The paper's other sets (`PAPER_SETS`, never part of "all"): ImageNet-A/O/R download their released
+tarballs; `tinyImageNet_split` is TinyImageNet's (its split is drawn and recorded on first use);
+`ImageNet100` needs ImageNet's train/ folder (manual). `--write_imagenet100` rewrites the committed
+class list of ImageNet100 from its seed (datasets/subsets.py).
 """
 from __future__ import annotations
 
@@ -31,8 +38,11 @@ from torchvision import transforms as T
 from tqdm import tqdm
 
 from datasets.catalog import INFO, TEST_DATASETS, DatasetError, prepare_hint
+from datasets.common import CLASSNAMES_DIR
+from datasets.imagenet_shifts import URLS as TAR_URLS, download as download_tar
 from datasets.labelled import CorruptImage, Indexed, collate_indexed
 from datasets.registry import canonical_name, check_dataset, get_dataset
+from datasets.subsets import IMAGENET100_FILE, draw_imagenet100, imagenet100_header
 from datasets.tinyimagenet import URL as TINY_URL, download as download_tinyimagenet
 
 TORCHVISION_DOWNLOAD = {
@@ -56,13 +66,20 @@ TORCHVISION_DOWNLOAD = {
 
 def download(name: str, root: str) -> str | None:
     """Fetch one dataset; returns None on success, else a message saying why and what to do."""
-    if name == "tinyImageNet":
+    if name in ("tinyImageNet", "tinyImageNet_split"):
         try:
             download_tinyimagenet(root)
             return None
         except Exception as e:  # urllib's URLError, socket timeout, md5 mismatch, bad zip ...
             return (f"download of {TINY_URL} failed ({type(e).__name__}: {e}). No internet? Download the zip "
                     f"elsewhere, put it at {os.path.join(root, 'tiny-imagenet-200.zip')} and re-run this command")
+    if INFO[name].download == "tar":
+        try:
+            download_tar(name, root)
+            return None
+        except Exception as e:  # urllib's URLError, socket timeout, a truncated tar ...
+            return (f"download of {TAR_URLS[name]} failed ({type(e).__name__}: {e}). No internet? "
+                    f"{prepare_hint(name, root)}; or fetch the tar elsewhere and extract it into {root}")
     if name not in TORCHVISION_DOWNLOAD:
         return f"{name} cannot be downloaded automatically (see 'how to fix' above)"
     os.makedirs(root, exist_ok=True)
@@ -159,7 +176,14 @@ def main(argv=None) -> int:
     p.add_argument("--decode", type=int, default=3, help="images decoded per dataset during --verify")
     p.add_argument("--deep", action="store_true", help="--verify decodes every image and lists those that fail")
     p.add_argument("--workers", type=int, default=0, help="loader processes for --deep")
+    p.add_argument("--write_imagenet100", action="store_true",
+                   help=f"rewrite datasets/classnames/{IMAGENET100_FILE} from its seed and exit")
     args = p.parse_args(argv)
+    if args.write_imagenet100:
+        lines = imagenet100_header() + draw_imagenet100()
+        (CLASSNAMES_DIR / IMAGENET100_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print(f"wrote {CLASSNAMES_DIR / IMAGENET100_FILE} ({len(lines) - 2} classes)")
+        return 0
     root = args.root
     expect = parse_expect(args.expect)
 
@@ -179,7 +203,7 @@ def main(argv=None) -> int:
     rows = []
     for name in targets:
         rows.append(verify(name, root, None, expect, args.decode, args.deep, args.workers))
-        if name == "tinyImageNet":  # the training set is checked too
+        if name in ("tinyImageNet", "tinyImageNet_split", "ImageNet100"):  # training sets: train split too
             rows.append(verify(name, root, "train", expect, args.decode, args.deep, args.workers))
     width = max(len(r["name"]) for r in rows) if rows else 10
     print(f"\n{'dataset':<{width}}  {'status':<10}  {'count':>15}  path")

@@ -48,17 +48,17 @@ TINY_WNIDS = ["n01443537", "n01629819", "n01641577"]  # goldfish, European_fire_
 TINY_VAL = [("val_0.JPEG", 2), ("val_1.JPEG", 0), ("val_2.JPEG", 1), ("val_3.JPEG", 2), ("val_4.JPEG", 0)]
 
 
-def write_tinyimagenet(root, val_layout="raw", truncate=False, malformed=False):
+def write_tinyimagenet(root, val_layout="raw", truncate=False, malformed=False, train_per_class=2):
     """Official zip layout; `val_layout` 'raw' (val/images + val_annotations.txt), 'folders'
     (val/<wnid>/images/*.JPEG) or 'flat_folders' (val/<wnid>/*.JPEG)."""
     base = os.path.join(root, "tiny-imagenet-200")
     _text(os.path.join(base, "wnids.txt"), TINY_WNIDS)
     _text(os.path.join(base, "words.txt"), [f"{w}\tname {i}" for i, w in enumerate(TINY_WNIDS)])
     for w in TINY_WNIDS:
-        for k in range(2):
+        for k in range(train_per_class):
             _img(os.path.join(base, "train", w, "images", f"{w}_{k}.JPEG"), (32, 32))
         _text(os.path.join(base, "train", w, f"{w}_boxes.txt"),
-              [f"{w}_{k}.JPEG\t0\t0\t31\t31" for k in range(2)])
+              [f"{w}_{k}.JPEG\t0\t0\t31\t31" for k in range(train_per_class)])
     if val_layout == "raw":
         lines = [f"{f}\t{TINY_WNIDS[y]}\t0\t0\t31\t31" for f, y in TINY_VAL]
         if truncate:
@@ -374,12 +374,57 @@ def write_sun397(root):
                         2: "This is a photo of a bakery shop"}}
 
 
+# ----------------------------------------------------------------------------- ImageNet-A / -O / -R
+# Released layout: <folder>/<wnid>/*.jpg (+ README.txt). Labels index the dataset's own sorted 200-wnid list
+# (datasets/classnames/): positions 0, 57 and 199 of it below.
+SHIFT_CLASSES = {
+    "ImageNet-A": [("n01498041", 0, "stingray"), ("n02236044", 57, "mantis"), ("n12267677", 199, "acorn")],
+    "ImageNet-R": [("n01443537", 0, "goldfish"), ("n02106662", 57, "german shepherd"), ("n12267677", 199, "acorn")],
+}
+SHIFT_CLASSES["ImageNet-O"] = SHIFT_CLASSES["ImageNet-A"]  # ImageNet-O files its images under A's classes
+
+
+def _write_shift(root, name, folder, file_names):
+    base = os.path.join(root, folder)
+    labels = []
+    for (wnid, label, _), files in zip(SHIFT_CLASSES[name], file_names):
+        for i, f in enumerate(files):
+            _img(os.path.join(base, wnid, f), mode="L" if i == 1 else "RGB")
+            labels.append(label)
+    _text(os.path.join(base, "README.txt"), [f"{name} fixture"])
+    return {"name": name, "split": "test", "count": len(labels), "num_classes": 200, "labels": labels,
+            "prompts": {label: f"This is a photo of a {text}" for _, label, text in SHIFT_CLASSES[name]}}
+
+
+def write_imagenet_a(root):
+    return _write_shift(root, "ImageNet-A", "imagenet-a", [["0.000116_digital clock _ digital clock_0.865662.jpg"],
+                                                           ["0.000200_mantis _ mantis_0.5.jpg", "0.0008_x_y_0.9.jpg"],
+                                                           ["0.001_acorn _ acorn_0.7.jpg"]])
+
+
+def write_imagenet_o(root):
+    return _write_shift(root, "ImageNet-O", "imagenet-o", [["0.jpg", "1.jpg"], ["2.jpg"], ["3.jpg"]])
+
+
+def write_imagenet_r(root):
+    return _write_shift(root, "ImageNet-R", "imagenet-r", [["art_0.jpg"], ["cartoon_0.jpg", "sketch_1.jpg"],
+                                                           ["toy_3.jpg", "origami_0.jpg"]])
+
+
+def write_imagenet_train(root, wnids, per_class=1):
+    """ImageNet/train/<wnid>/<wnid>_<n>.JPEG (ILSVRC2012_img_train.tar's class tars, extracted)."""
+    for w in wnids:
+        for k in range(per_class):
+            _img(os.path.join(root, "ImageNet", "train", w, f"{w}_{k}.JPEG"), (8, 8))
+
+
 WRITERS = {
     "tinyImageNet": write_tinyimagenet, "cifar10": write_cifar10, "cifar100": write_cifar100,
     "STL10": write_stl10, "Food101": write_food101, "oxfordpet": write_oxfordpet,
     "flowers102": write_flowers102, "dtd": write_dtd, "EuroSAT": write_eurosat,
     "fgvc_aircraft": write_fgvc_aircraft, "Caltech101": write_caltech101, "Caltech256": write_caltech256,
     "StanfordCars": write_stanfordcars, "PCAM": write_pcam, "ImageNet": write_imagenet, "SUN397": write_sun397,
+    "ImageNet-A": write_imagenet_a, "ImageNet-O": write_imagenet_o, "ImageNet-R": write_imagenet_r,
 }
 
 

@@ -1,0 +1,332 @@
+"""The runs behind the paper's tables: resolved once, shared between tables, never computed twice.
+
+A table row with a seed becomes the `tga_zsr.py` flags of one training run:
+`[-c config] <protocol flags> <table flags> --Method m <row flags> --seed s <extra>` (paper_tables.py
+reads the declarations). A run is identified by its *resolved* training settings (params.parse_args,
+then every flag that can change the trained weights; not the evaluation, paths or logging flags):
+T7's "+ L_AR + L_AMC" row and T1's TGA-ZSR seed 0 resolve to the same settings, hence to one run
+folder `<out>/<readable name>_<hash>`. An evaluation is one dataset under one attack setting of a
+run; it is done when the run's results.jsonl holds it with exactly the settings tga_zsr.py would
+write (evaluate.eval_settings, results.find_done). Training is done when last.pt says so (or has
+reached `--max_steps`). CLIP-like rows train nothing and are evaluated from their weights.
+
+Cost estimate of what remains, in "unit-images": one forward of the visual tower on one image.
+A training image costs 2K + 7 units with a frozen reference tower, else 2K + 3 (bench.py's floor,
+K = attack steps); a tested image 2·steps + 2 (AutoAttack: 2 attacks × 100 iterations × 2 + 2, a
+lower bound: its restarts come on top). Hours = unit-images × FLOPs of a forward (bench.py's
+FlopCounterMode count for the architecture) / a FLOP rate: the rate this device reached in earlier
+runs of the same architecture (history.jsonl images/s, results.jsonl seconds), and the rate of the
+paper's RTX 3090 (TGA-ZSR: 885 s per epoch of 100 000 images at 11 units each, SPEC §9).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import datasets
+from bench import forward_flops
+from checkpoint import CHECKPOINT_NAME
+from clip_model import load_clip
+from datasets.catalog import INFO, expected_count
+from datasets.world import SUITE as WORLD_SUITE
+from device import resolve_device, resolve_precision
+from evaluate import eval_settings
+from methods import get_method
+from params import parse_args
+from results import GROUP_KEYS, find_done, read_jsonl, read_results, setting
+from run_folder import run_name
+from tga_zsr import pretrained_id
+
+ROOT = Path(__file__).resolve().parent
+# Flags that cannot change the trained weights: evaluation, paths, logging, devices (not part of a run's identity).
+NOT_TRAINING = {"testdata", "test_eps", "test_numsteps", "test_stepsize", "attack", "n_samples", "test_batch_size",
+                "output_dir", "name", "resume", "eval_only", "table", "device", "gpu", "workers", "print_freq",
+                "save_freq", "tensorboard", "no_eval", "dist_timeout", "compile", "config", "mini_lr", "root"}
+EVAL_ONLY_KEYS = ("Method", "arch", "pretrained", "image_size", "seed", "adaptation_method", "pixel_prompt",
+                  "prompt_size", "add_prompt_size", "precision")
+PAPER_3090 = {"epoch_s": 885.0, "images": 100_000, "units": 11, "arch": "vit_b32"}  # SPEC §9, TGA-ZSR K = 2
+
+
+def flags_to_argv(flags: dict) -> list[str]:
+    """{"Alpha": 0.08, "testdata": [a, b], "differentiable_cam": True} -> ["--Alpha", "0.08", ...]."""
+    argv = []
+    for k, v in (flags or {}).items():
+        if isinstance(v, bool):
+            argv += [f"--{k}"] if v else []
+        elif isinstance(v, (list, tuple)):
+            argv += [f"--{k}", *[str(x) for x in v]]
+        else:
+            argv += [f"--{k}", str(v)]
+    return argv
+
+
+@dataclass
+class Evaluation:
+    key: tuple                 # the GROUP_KEYS values of its results rows
+    argv: list                 # the run's flags + the evaluation's (tga_zsr.py), datasets added when run
+    args: object               # their parsed form
+    datasets: list             # canonical names, in the order first asked for
+    title: str
+
+
+@dataclass
+class Run:
+    key: str
+    name: str
+    argv: list
+    args: object
+    method: str
+    trains: bool
+    rows: list = field(default_factory=list)        # (table id, row label, seed) it serves
+    evals: dict = field(default_factory=dict)       # Evaluation.key -> Evaluation
+
+    @property
+    def tables(self) -> list[str]:
+        return list(dict.fromkeys(t for t, _, _ in self.rows))
+
+
+def _parse(argv: list, where: str):
+    try:
+        return parse_args(argv)
+    except SystemExit as e:  # argparse already printed the flag's problem
+        raise SystemExit(f"{where}: its flags do not parse ({e}): {' '.join(argv)}")
+
+
+def identity(args) -> dict:
+    """The settings that name a run: every training flag; for a run that trains nothing, the weights."""
+    cls = get_method(args.Method, args.atten_methods)
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_TRAINING}
+    settings["Method"] = cls.name
+    if cls.trains == "nothing" or args.epochs == 0:
+        settings = {k: settings.get(k) for k in EVAL_ONLY_KEYS}
+    return settings
+
+
+def make_run(argv: list, where: str, default_dataset: str | None) -> Run:
+    args = _parse(argv, where)
+    cls = get_method(args.Method, args.atten_methods)
+    settings = identity(args)
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    trains = cls.trains != "nothing" and args.epochs > 0
+    if trains:
+        name = run_name(args, cls) + ("" if args.dataset == default_dataset else f"_{args.dataset}")
+    else:
+        name = f"{cls.name}_{Path(str(args.arch)).stem}_{Path(str(args.pretrained)).stem}_seed{args.seed}"
+    return Run(key, f"{name}_{key[:8]}", argv, args, cls.name, trains)
+
+
+def add_evaluation(run: Run, eval_argv: list, where: str) -> tuple[Evaluation, list[str]]:
+    """The run's evaluation under these attack flags (one per attack setting: datasets asked for by
+    several tables are merged), and the canonical datasets this call asked for."""
+    args = _parse(run.argv + eval_argv, where)
+    settings = eval_settings(args, "", "")
+    key = tuple(settings[k] for k in GROUP_KEYS)
+    names = [datasets.canonical_name(d) for d in args.testdata]
+    ev = run.evals.get(key)
+    if ev is None:
+        ev = run.evals[key] = Evaluation(key, run.argv + eval_argv, args, [], "")
+    ev.datasets += [d for d in names if d not in ev.datasets]
+    return ev, names
+
+
+# --- status on disk ------------------------------------------------------------------------------------
+def training_state(run: Run, out: Path) -> tuple[str, int]:
+    """("done" | "partial" | "todo" | "none", optimiser step): from last.pt, memory-mapped."""
+    if not run.trains:
+        return "none", 0
+    last = out / run.name / CHECKPOINT_NAME
+    if not last.is_file():
+        return "todo", 0
+    ckpt = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    step, meta = int(ckpt.get("step", 0)), ckpt.get("meta", {})
+    if meta.get("finished") or (run.args.max_steps and step >= run.args.max_steps):
+        return "done", step
+    return "partial", step
+
+
+def checkpoint_desc(run: Run, step: int) -> str:
+    """What tga_zsr.py writes as `checkpoint` in the results of this run's weights."""
+    return f"{CHECKPOINT_NAME}@step{step}" if run.trains else pretrained_id(run.args.pretrained)
+
+
+def device_type(device: str | None, remote_gpus: bool) -> str:
+    return "cuda" if remote_gpus else resolve_device(device or "auto").type
+
+
+def eval_status(run: Run, ev: Evaluation, out: Path, dev_type: str, state=None) -> tuple[list, list]:
+    """(datasets done, datasets to do) of one evaluation of a run."""
+    state = state or training_state(run, out)
+    if run.trains and state[0] != "done":
+        return [], list(ev.datasets)
+    precision = resolve_precision(ev.args.precision, torch.device(dev_type))
+    settings = eval_settings(ev.args, checkpoint_desc(run, state[1]), precision)
+    rows = read_results(out / run.name)
+    done = [d for d in ev.datasets if find_done(rows, d, settings) is not None]
+    return done, [d for d in ev.datasets if d not in done]
+
+
+def results_of(run: Run, ev: Evaluation, out: Path, dev_type: str) -> dict:
+    """{dataset: (robust, clean)} of what is in the run's results.jsonl for this evaluation's attack
+    settings (the attack precision this device resolves to) and seed (the latest row of each
+    dataset), whatever has finished."""
+    precision = resolve_precision(ev.args.precision, torch.device(dev_type))
+    settings = eval_settings(ev.args, "", precision)
+    key = tuple(settings[k] for k in GROUP_KEYS)
+    got = {}
+    for r in read_results(out / run.name):
+        if tuple(setting(r, k) for k in GROUP_KEYS) == key and r.get("seed") == run.args.seed:
+            got[r["dataset"]] = (r.get("robust_acc"), r.get("clean_acc"))
+    return got
+
+
+# --- what is missing ------------------------------------------------------------------------------------
+def missing_data(needs: dict, root_of) -> list[str]:
+    """`needs`: {(dataset, split)}; the check of each, first line and its fix, for those that fail."""
+    problems = []
+    for name, split in needs:
+        try:
+            datasets.check_dataset(name, root_of(name), split, decode=0)
+        except datasets.DatasetError as e:
+            lines = str(e).splitlines()
+            fix = next((x.strip() for x in lines if x.strip().startswith("how to fix")), "")
+            problems.append(f"{name} ({split}): {lines[0]}" + (f" — {fix}" if fix else ""))
+    return problems
+
+
+# --- cost estimate -------------------------------------------------------------------------------------
+def train_units(args) -> int:
+    cls = get_method(args.Method, args.atten_methods)
+    if cls.trains == "nothing" or args.epochs == 0:
+        return 0
+    k = 0 if (args.train_on_clean or args.train_numsteps == 0 or args.train_eps == 0) else args.train_numsteps
+    return 2 * k + (7 if cls.needs_frozen else 3)
+
+
+def eval_units(args) -> int:
+    if args.attack == "autoattack":
+        return 2 * 100 * 2 + 2
+    return 2 * (args.test_numsteps if args.test_eps else 0) + 2
+
+
+def set_size(name: str, split: str, root) -> int | None:
+    """Images of a split without reading it when the catalog or the world knows; else counted."""
+    if name in WORLD_SUITE:
+        return WORLD_SUITE[name]["n"]
+    n = expected_count(name, split) if name in INFO else None
+    if n is None:
+        try:
+            n = len(datasets.get_dataset(name, root, split))
+        except (datasets.DatasetError, ValueError):
+            return None
+    return n
+
+
+def train_image_steps(args) -> int | None:
+    n = set_size(datasets.canonical_name(args.dataset), "train", args.root)
+    if n is None:
+        return None
+    steps = math.ceil(n / args.batch_size) * args.epochs
+    return (min(steps, args.max_steps) if args.max_steps else steps) * args.batch_size
+
+
+_FLOPS: dict = {}
+
+
+def flops_per_image(arch: str) -> float:
+    """FLOPs of one forward of the visual tower on one image (random weights; torch's FlopCounterMode)."""
+    if arch not in _FLOPS:
+        torch.manual_seed(0)
+        logging.disable(logging.WARNING)  # open_clip's "initialized randomly": random weights are the point here
+        try:
+            model = load_clip(arch, None)
+        finally:
+            logging.disable(logging.NOTSET)
+        _FLOPS[arch] = float(forward_flops(model, torch.rand(1, 3, *model.image_tower.image_size)))
+    return _FLOPS[arch]
+
+
+def measured_rates(out: Path, arch: str) -> dict:
+    """Unit-images per second that earlier runs in `out` (same architecture) reached: training
+    (history.jsonl images/s × the method's units) and evaluation (results.jsonl)."""
+    train, test, devices = [], [], set()
+    for args_file in sorted(out.glob("*/args.yaml")):
+        run_dir = args_file.parent
+        try:
+            args = _parse(["-c", str(args_file)], str(args_file))
+        except SystemExit:
+            continue
+        if str(args.arch) != str(arch):
+            continue
+        env = run_dir / "environment.json"
+        if env.is_file():
+            gpus = json.loads(env.read_text()).get("gpus") or ["cpu"]
+            devices.add(gpus[0])
+        units = train_units(args)
+        train += [row["img_per_s"] * units for row in read_jsonl(run_dir / "history.jsonl")
+                  if units and row.get("img_per_s")]
+        for r in read_results(run_dir):
+            if r.get("seconds"):
+                ev = argparse_like(r)
+                test.append(r["n"] * eval_units(ev) / r["seconds"])
+    return {"train": statistics.median(train) if train else None, "test": statistics.median(test) if test else None,
+            "n_train": len(train), "n_test": len(test), "devices": sorted(devices)}
+
+
+def argparse_like(row: dict):
+    """The attack flags of a results row, as eval_units reads them."""
+    return type("EvalArgs", (), {"attack": row.get("attack"), "test_numsteps": row.get("steps") or 0,
+                                 "test_eps": row.get("eps") or 0})()
+
+
+def paper_3090_rate() -> float:
+    """FLOP/s of the paper's TGA-ZSR training on its RTX 3090 (SPEC §9: 885 s per epoch)."""
+    p = PAPER_3090
+    return p["images"] * p["units"] * flops_per_image(p["arch"]) / p["epoch_s"]
+
+
+def estimate(runs: dict, st: dict, out: Path) -> list[str]:
+    """Hours of what remains: on this device (rates of earlier runs in the output folder), and on
+    the paper's RTX 3090 (its TGA-ZSR epoch time scaled by FLOPs)."""
+    per_arch: dict = {}
+    unknown = 0
+    for key, run in runs.items():
+        arch = str(run.args.arch)
+        acc = per_arch.setdefault(arch, {"train": 0.0, "test": 0.0})
+        if st["runs"][key]["train"][0] in ("todo", "partial"):
+            steps = train_image_steps(run.args)
+            if steps is None:
+                unknown += 1
+            else:
+                acc["train"] += steps * train_units(run.args)
+        for ek, ev in run.evals.items():
+            for d in st["runs"][key]["evals"][ek][1]:
+                n = set_size(d, "test", run.args.root)
+                n = min(n, ev.args.n_samples) if n and ev.args.n_samples else n
+                acc["test"] += (n or 0) * eval_units(ev.args)
+    lines, paper_rate = [], None
+    for arch, acc in per_arch.items():
+        if not acc["train"] and not acc["test"]:
+            continue
+        flops = flops_per_image(arch)
+        paper_rate = paper_rate or paper_3090_rate()
+        total = (acc["train"] + acc["test"]) * flops
+        lines.append(f"  {arch}: {acc['train']:.3g} training + {acc['test']:.3g} test unit-images "
+                     f"({flops / 1e9:.3g} GFLOP each): RTX 3090 at the paper's speed ≈ {total / paper_rate / 3600:.3g} GPU-h")
+        rates = measured_rates(out, arch)
+        if rates["train"] or rates["test"]:
+            tr, te = rates["train"] or rates["test"], rates["test"] or rates["train"]
+            hours = (acc["train"] / tr + acc["test"] / te) / 3600
+            lines.append(f"    this device ({', '.join(rates['devices']) or '?'}; measured in {rates['n_train']} training "
+                         f"log rows and {rates['n_test']} evaluations under {out}) ≈ {hours:.3g} h")
+        else:
+            lines.append(f"    this device: no run of {arch} measured yet under {out}")
+    if unknown:
+        lines.append(f"  ({unknown} training run(s) left out: training set size unknown until its data is present)")
+    return lines or ["  nothing remains"]
