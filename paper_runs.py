@@ -3,7 +3,8 @@
 A table row with a seed becomes the `tga_zsr.py` flags of one training run:
 `[-c config] <protocol flags> <table flags> --Method m <row flags> --seed s <extra>` (paper_tables.py
 reads the declarations). A run is identified by its *resolved* training settings (params.parse_args,
-then every flag that can change the trained weights; not the evaluation, paths or logging flags):
+then every flag that can change the trained weights and is not at its default; not the evaluation,
+paths or logging flags):
 T7's "+ L_AR + L_AMC" row and T1's TGA-ZSR seed 0 resolve to the same settings, hence to one run
 folder `<out>/<readable name>_<hash>`. An evaluation is one dataset under one attack setting of a
 run; it is done when the run's results.jsonl holds it with exactly the settings tga_zsr.py would
@@ -39,7 +40,7 @@ from datasets.world import SUITE as WORLD_SUITE
 from device import resolve_device, resolve_precision
 from evaluate import eval_settings
 from methods import get_method
-from params import parse_args
+from params import get_args_parser, parse_args
 from results import GROUP_KEYS, find_done, read_jsonl, read_results, setting
 from run_folder import run_name
 from tga_zsr import pretrained_id
@@ -48,7 +49,9 @@ ROOT = Path(__file__).resolve().parent
 # Flags that cannot change the trained weights: evaluation, paths, logging, devices (not part of a run's identity).
 NOT_TRAINING = {"testdata", "test_eps", "test_numsteps", "test_stepsize", "attack", "n_samples", "test_batch_size",
                 "output_dir", "name", "resume", "eval_only", "table", "device", "gpu", "workers", "print_freq",
-                "save_freq", "tensorboard", "no_eval", "dist_timeout", "compile", "config", "mini_lr", "root"}
+                "save_freq", "tensorboard", "no_eval", "dist_timeout", "compile", "config", "mini_lr", "root",
+                "aa_version", "attack_precision", "batch_stride", "protocol", "transform", "save_adv", "leaderboard",
+                "export", "export_dir", "format", "decoded_cache"}
 EVAL_ONLY_KEYS = ("Method", "arch", "pretrained", "image_size", "seed", "adaptation_method", "pixel_prompt",
                   "prompt_size", "add_prompt_size", "precision")
 PAPER_3090 = {"epoch_s": 885.0, "images": 100_000, "units": 11, "arch": "vit_b32"}  # SPEC §9, TGA-ZSR K = 2
@@ -99,14 +102,26 @@ def _parse(argv: list, where: str):
         raise SystemExit(f"{where}: its flags do not parse ({e}): {' '.join(argv)}")
 
 
+_DEFAULTS: dict = {}
+
+
+def parser_defaults() -> dict:
+    if not _DEFAULTS:
+        _DEFAULTS.update(vars(get_args_parser().parse_args([])))
+    return _DEFAULTS
+
+
 def identity(args) -> dict:
-    """The settings that name a run: every training flag; for a run that trains nothing, the weights."""
+    """The settings that name a run: every training flag whose value is not the parser's default
+    (a flag added to the project later, at a default that keeps the old behaviour, leaves every
+    existing run's identity, hence its folder, unchanged); for a run that trains nothing, the weights."""
     cls = get_method(args.Method, args.atten_methods)
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_TRAINING}
     settings["Method"] = cls.name
     if cls.trains == "nothing" or args.epochs == 0:
         settings = {k: settings.get(k) for k in EVAL_ONLY_KEYS}
-    return settings
+    defaults = parser_defaults()
+    return {k: v for k, v in settings.items() if k == "Method" or k not in defaults or v != defaults[k]}
 
 
 def make_run(argv: list, where: str, default_dataset: str | None) -> Run:
