@@ -19,12 +19,18 @@ on this device, with the real loop and data: seconds per training batch (median 
 (that × batches per epoch), peak training memory (CUDA: the allocator's peak; CPU: the peak
 resident size of this process, model and data included), and seconds per test batch (clean +
 attacked forward of one `--test_batch_size` batch of the first test set, under the run's attack).
-paper.py runs it for Table 8. This is the one benchmark script.
+paper.py runs it for Table 8.
+
+`--loader` times the input pipeline per TinyImageNet image (64x64 JPEGs written to a temporary
+folder): the loader's JPEG decode + PIL Resize(256) + CenterCrop(224) on one core, against the decoded
+cache (`--decoded_cache`: a memory-mapped uint8 slice in the loader, the resize on `--device`).
+This is the one benchmark script.
 
     python bench.py                                    # ViT-B/32, batch 16, 25 and 200 classes, CPU fp32
     python bench.py --device cuda --precision amp --batch_size 128 --classes 200
     python bench.py --per_method --methods fare tima --steps 3 --threads 2
     python bench.py --cost --json cost.jsonl -c configs/mini.yaml --Method TGA-ZSR   # one row of Table 8
+    python bench.py --loader --device cuda                                              # input pipeline
 """
 from __future__ import annotations
 
@@ -270,7 +276,7 @@ def measure_cost(argv: list[str], batches: int = 5, warmup: int = 1) -> dict:
             trainer = Trainer(args, model, method, data, Path(tmp), device, method.precision or precision)
         times = []
         for i, (x, y, idx, _) in enumerate(trainer.loader()):
-            x, y = datasets.images_to(x, device), y.to(device)
+            x, y = datasets.images_to(x, device, data.on_device), y.to(device)
             _sync(device)
             t0 = time.perf_counter()
             trainer.train_step(x, y, idx)
@@ -329,12 +335,41 @@ def cost_main(argv: list[str]) -> int:
     return 0
 
 
+def loader_bench(args, device) -> dict:
+    """ms per image of the JPEG loader (one core) and of the decoded cache (read; resize on `device`)."""
+    import numpy as np
+    from PIL import Image
+    n, batch = 512, 256
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "tiny-imagenet-200"
+        rng = np.random.default_rng(0)
+        for k in range(n):  # TinyImageNet's layout and size; 2 classes are enough for the pipeline
+            folder = root / "train" / ("n01443537", "n01629819")[k % 2] / "images"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"{k}.JPEG")
+        data = datasets.get_dataset("tinyImageNet", tmp, "train")
+        t0 = time.perf_counter()
+        for i in range(n):
+            data.dataset[i]
+        jpeg = (time.perf_counter() - t0) / n
+        cached = datasets.use_decoded_cache(data, "train", Path(tmp) / "cache")
+        t0 = time.perf_counter()
+        xs = [cached.dataset[i][0] for i in range(n)]
+        read = (time.perf_counter() - t0) / n
+        x = torch.stack(xs[:batch]).to(device)
+        resize = lambda: cached.on_device(x)  # noqa: E731
+        on_device = timed(resize, args.reps, args.warmup, device) / batch
+    return {"jpeg_pil_ms_per_img_one_core": jpeg * 1e3, "cache_read_ms_per_img_one_core": read * 1e3,
+            "device_resize_ms_per_img": on_device * 1e3, "device": str(device), "threads": torch.get_num_threads()}
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--cost" in argv:
         return cost_main(argv)
     p = argparse.ArgumentParser("TGA-ZSR speed benchmark")
     p.add_argument("--per_method", action="store_true", help="seconds per training step of every method")
+    p.add_argument("--loader", action="store_true", help="ms per TinyImageNet image: JPEG loader vs decoded cache")
     p.add_argument("--methods", nargs="+", default=[m for m in available_methods() if m != "clip"],
                    help="--per_method: which methods")
     p.add_argument("--steps", type=int, default=2, help="--per_method: timed steps per method (after a warm-up)")
@@ -360,6 +395,9 @@ def main(argv=None) -> int:
         per_method(args)
         return 0
     device = resolve_device(args.device)
+    if args.loader:
+        print(json.dumps(loader_bench(args, device)))
+        return 0
     precision = resolve_precision(args.precision, device)
     torch.manual_seed(0)
     base = load_clip(args.arch, None, device=device)

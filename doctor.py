@@ -5,7 +5,8 @@ random weights, and says what a run of `bash main.sh tga_zsr` would meet:
 * agreement with the CPU in fp32 on identical weights: one TGA-ZSR training step (loss, gradients)
   and one PGD step (loss, δ), tolerances in each line of the report;
 * fp16 autocast + GradScaler (CUDA), bf16 autocast, the CLS-only attack path, the per-sample PGD
-  starts drawn on the device, uint8 images turned into [0, 1] on the device;
+  starts drawn on the device, uint8 images turned into [0, 1] on the device, the decoded cache's
+  Resize + CenterCrop on the device against PIL's;
 * `--compile`: two TGA-ZSR and two Vision-based (Grad-CAM) steps compiled equal eager, and no
   recompilation for a new batch size (inductor on a GPU; on the CPU the same capture with the
   eager backend, as the test suite: inductor's C++ build would take the whole budget);
@@ -35,13 +36,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision import transforms as T
 
 from attacks import no_param_grad, per_sample_start, pgd
 from checkpoint import load_file
 from clip_model import load_clip
 from datasets import TEST_DATASETS, to_unit
 from datasets.catalog import expected_count
+from datasets.pil_resize import PilResizeCenterCrop
 from device import autocast, compile_module, make_scaler, resolve_device
 from methods import build_method
 from params import parse_args
@@ -54,6 +58,7 @@ PROMPTS = [f"This is a photo of a thing{i}" for i in range(6)]
 PEAK_TFLOPS = {"H100 SXM": 989, "H100 80GB HBM3": 989, "H100 PCIe": 756, "H100": 756, "H200": 989, "A100": 312,
                "L40S": 362, "L40": 181, "L4": 121, "A10G": 70, "A10": 125, "RTX 4090": 165, "RTX 3090": 71,
                "V100": 125, "T4": 65}
+PIL_RESIZE = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(224), T.PILToTensor()])
 TRAIN_IMAGES, EPOCHS, BATCH, TEST_BATCH, PGD_STEPS = 100_000, 10, 128, 256, 100   # the paper's protocol
 
 
@@ -177,6 +182,14 @@ def check_paths(r: Report, device) -> None:
     u8 = torch.arange(256, dtype=torch.uint8).view(1, 16, 16)
     same = torch.equal(to_unit(u8.to(device)).cpu(), u8.float().div(255))
     r.add("uint8 -> [0, 1]", "ok" if same else "FAIL", f"bit-identical to ToTensor: {same}")
+    # --decoded_cache: Resize(256) + CenterCrop(224) of 64x64 images on the device against PIL's
+    g = torch.Generator().manual_seed(3)
+    imgs = torch.randint(0, 256, (32, 3, 64, 64), dtype=torch.uint8, generator=g)
+    ours = PilResizeCenterCrop()(imgs.to(device)).cpu()
+    pil = torch.stack([PIL_RESIZE(Image.fromarray(im.permute(1, 2, 0).numpy())) for im in imgs])
+    same = torch.equal(ours, pil)
+    r.add("decoded-cache resize", "ok" if same else "FAIL", f"32 TinyImageNet-sized images, bit-identical to PIL: {same}")
+
 
 
 def check_compile(r: Report, device) -> None:

@@ -132,7 +132,7 @@ def evaluate_dataset(model, data, text_features, settings: dict, device, precisi
             bar.update(len(unreadable))
             if not len(x):
                 continue
-            x, y = datasets.images_to(x, device), y.to(device, non_blocking=True)
+            x, y = datasets.images_to(x, device, data.on_device), y.to(device, non_blocking=True)
             with torch.no_grad(), autocast(device, precision):
                 clean += (model.logits(x, text_features).argmax(1) == y).sum().item()
             survives = torch.ones_like(y, dtype=torch.bool)
@@ -175,6 +175,17 @@ def evaluate_dataset(model, data, text_features, settings: dict, device, precisi
 
 def eps_values(args) -> list[float]:
     return [float(e) for e in (args.test_eps if isinstance(args.test_eps, (list, tuple)) else [args.test_eps])]
+
+
+def with_decoded_cache(data, split: str, args):
+    """`data` from its decoded cache (`--decoded_cache`): under torchrun rank 0 builds a missing cache
+    while the other ranks wait, then every rank maps the same files."""
+    if not distributed.is_main():
+        distributed.barrier()
+    data = datasets.use_decoded_cache(data, split, args.decoded_cache, args.workers, args.seed)
+    if distributed.is_main():
+        distributed.barrier()
+    return data
 
 
 def eval_settings(args, checkpoint_desc: str, precision: str, eps: float | None = None,
@@ -228,6 +239,9 @@ def evaluate_run(args, model, run_dir: Path, checkpoint_desc: str, device, preci
                 continue
             data = datasets.get_dataset(canon, args.root, "test", transform=eval_transform(settings["transform"],
                                                                                             canon, size))
+            if getattr(args, "decoded_cache", None) and canon == datasets.canonical_name(args.dataset) \
+                    and settings["transform"] == "tga_zsr" and size == 224:  # the training set's test split
+                data = with_decoded_cache(data, "test", args)
             data = datasets.class_balanced_subset(data, args.n_samples, args.seed)
             with torch.no_grad():
                 text = model.encode_text(data.prompts)

@@ -32,7 +32,7 @@ from plots import plot_loss_curve
 from checkpoint import CHECKPOINT_NAME, checkpoint_id, load_file, load_visual_weights
 from clip_model import build_model, is_weights_folder
 from device import compile_module, log_recompiles, resolve_precision, seed_everything, set_tf32
-from evaluate import evaluate_run
+from evaluate import evaluate_run, with_decoded_cache
 from export import export_run, model_description
 from model_card import leaderboard_main, write_card
 from losses import tga_zsr_loss  # noqa: F401  (public API: from tga_zsr import tga_zsr_loss)
@@ -112,6 +112,8 @@ def train(args, model, run_dir: Path, resume_ckpt, dist_info, precision: str,
     exit code): (None, code) when training stopped early (a non-finite loss, a signal, a fault)."""
     device = dist_info.device
     train_data = datasets.get_dataset(args.dataset, args.root, "train")
+    if args.decoded_cache:
+        train_data = with_decoded_cache(train_data, "train", args)
     with torch.no_grad():
         text = model.encode_text(train_data.prompts)
     method = build_method(args, model, text, list(train_data.prompts), list(train_data.classnames), len(train_data))

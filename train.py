@@ -175,6 +175,7 @@ class Trainer:
         self.args, self.model, self.method = args, model, method
         self.should_stop = should_stop  # () -> signal name or None, checked at each step boundary
         self.data_name, self.skip_corrupt = train_data.name, bool(getattr(args, "skip_corrupt", False))
+        self.on_device = train_data.on_device  # the decoded cache's resize, or None
         self.run_dir, self.device, self.precision = Path(run_dir), device, precision
         self.rank, self.world, self.writer = rank, world, writer
         self.on_epoch_end = on_epoch_end  # called on rank 0 after each epoch's checkpoint (the loss curve)
@@ -311,7 +312,7 @@ class Trainer:
             sums, count, t0 = {}, 0, time.time()
             for x, y, idx, unreadable in self.loader():
                 self._stop_if_asked(unreadable, len(x), bar)
-                x, y = images_to(x, self.device), y.to(self.device, non_blocking=True)
+                x, y = images_to(x, self.device, self.on_device), y.to(self.device, non_blocking=True)
                 terms = self.train_step(x, y, idx)
                 bad |= ~torch.isfinite(terms["loss"])
                 for k, v in terms.items():

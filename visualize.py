@@ -104,7 +104,7 @@ def attention_rows(original, finetuned, data, indices: list[int], settings: dict
     x, y, idx, unreadable = datasets.collate_indexed([datasets.Indexed(data.dataset)[i] for i in indices])
     if unreadable:  # the figure shows the images drawn, never a substitute
         raise SystemExit(f"{datasets.CorruptImage(data.name, unreadable)}\nOr draw other images: --image_seed")
-    x, y = datasets.images_to(x, device), y.to(device)
+    x, y = datasets.images_to(x, device, data.on_device), y.to(device)
     with torch.no_grad():
         text = finetuned.encode_text(data.prompts)  # the text tower is shared and never trained
     with no_param_grad(finetuned):

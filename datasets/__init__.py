@@ -15,6 +15,7 @@ Public API:
     canonical_name(name), available(), clean_name(name), TEMPLATE, DatasetError
     TEST_DATASETS (the 16 of SPEC §5), TABLE_ORDER (those, then the world sets: tables' order)
     Indexed(ds), collate_indexed, CorruptImage                        # the loops' view; unreadable images
+    use_decoded_cache(data, split, dir)   # decoded uint8 arrays + the device-side PIL resize (--decoded_cache)
     PAPER_SETS (ImageNet-A/O/R, ImageNet100, tinyImageNet_split: for the paper's other tables)
 
 The registry itself is `datasets/registry.py`; this file only imports the builders (each
@@ -31,6 +32,7 @@ from datasets import tinyimagenet, imagenet, torchvision_sets  # noqa: F401
 from datasets import imagenet_shifts, subsets  # noqa: F401  (ImageNet-A/O/R, ImageNet100, tinyImageNet_split)
 from datasets.catalog import PAPER_SETS, TABLE_ORDER, TEST_DATASETS, DatasetError
 from datasets.common import default_workers, images_to, to_unit
+from datasets.decoded_cache import use_decoded_cache
 from datasets.labelled import CorruptImage, Indexed, class_balanced_subset, collate_indexed, dataset_labels
 from datasets.registry import (TEMPLATE, ZeroShotData, available, canonical_name, check_dataset, clean_name,
                                get_dataset, register)
@@ -38,4 +40,4 @@ from datasets.registry import (TEMPLATE, ZeroShotData, available, canonical_name
 __all__ = ["get_dataset", "check_dataset", "class_balanced_subset", "dataset_labels", "canonical_name",
            "available", "clean_name", "TEMPLATE", "DatasetError", "ZeroShotData", "TEST_DATASETS", "TABLE_ORDER",
            "PAPER_SETS", "register", "Indexed", "to_unit", "images_to", "default_workers", "collate_indexed",
-           "CorruptImage"]
+           "CorruptImage", "use_decoded_cache"]

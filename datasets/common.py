@@ -50,9 +50,11 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return table[x.long()]
 
 
-def images_to(x: torch.Tensor, device) -> torch.Tensor:
-    """A batch from a loader onto `device` (asynchronously from pinned memory), then in [0, 1]."""
-    return to_unit(x.to(device, non_blocking=True))
+def images_to(x: torch.Tensor, device, on_device=None) -> torch.Tensor:
+    """A batch from a loader onto `device` (asynchronously from pinned memory), `on_device` applied
+    there (a dataset's `ZeroShotData.on_device`: the decoded cache's resize), then in [0, 1]."""
+    x = x.to(device, non_blocking=True)
+    return to_unit(on_device(x) if on_device is not None else x)
 
 
 def default_workers() -> int:

@@ -6,6 +6,7 @@
     python -m datasets.prepare --root ./data --verify tinyImageNet --deep  # decode every image
     python -m datasets.prepare --root ./data --download ImageNet-A ImageNet-O ImageNet-R tinyImageNet_split
     python -m datasets.prepare --write_imagenet100                   # regenerate the committed ImageNet100 classes
+    python -m datasets.prepare --root ./data --decoded_cache ./data/decoded --workers 8   # for --decoded_cache
 
 Downloads use torchvision's own `download=True` (same folders as the loaders read), and the
 official TinyImageNet zip (progress bar, md5 check, extracted in place; val stays in its raw
@@ -39,6 +40,7 @@ from tqdm import tqdm
 
 from datasets.catalog import INFO, TEST_DATASETS, DatasetError, prepare_hint
 from datasets.common import CLASSNAMES_DIR
+from datasets.decoded_cache import use_decoded_cache
 from datasets.imagenet_shifts import URLS as TAR_URLS, download as download_tar
 from datasets.labelled import CorruptImage, Indexed, collate_indexed
 from datasets.registry import canonical_name, check_dataset, get_dataset
@@ -178,7 +180,20 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=0, help="loader processes for --deep")
     p.add_argument("--write_imagenet100", action="store_true",
                    help=f"rewrite datasets/classnames/{IMAGENET100_FILE} from its seed and exit")
+    p.add_argument("--decoded_cache", metavar="DIR",
+                   help="build the decoded cache of TinyImageNet train and val in DIR (what tga_zsr.py "
+                        "--decoded_cache DIR would build on first use) and exit")
     args = p.parse_args(argv)
+    if args.decoded_cache:
+        for split in ("train", "test"):
+            try:
+                data = use_decoded_cache(get_dataset("tinyImageNet", args.root, split), split, args.decoded_cache,
+                                         args.workers)
+            except DatasetError as e:
+                print(f"tinyImageNet ({split}): {e}", file=sys.stderr)
+                return 1
+            print(f"tinyImageNet ({split}): {len(data)} images in {data.extra['decoded_cache']}")
+        return 0
     if args.write_imagenet100:
         lines = imagenet100_header() + draw_imagenet100()
         (CLASSNAMES_DIR / IMAGENET100_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -40,6 +40,9 @@ class ZeroShotData:
     prompts: list[str]  # one prompt per class, in label order
     root: str = ""
     extra: dict = field(default_factory=dict)
+    # Applied to each uint8 batch where it is computed on (after the copy to the device, before
+    # `to_unit`): the decoded cache's Resize + CenterCrop (datasets/decoded_cache.py). None: nothing.
+    on_device: Callable | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)
