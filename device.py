@@ -85,6 +85,11 @@ def compile_module(module: torch.nn.Module, backend: str = "inductor") -> None:
     module._compiled_call_impl = call  # what nn.Module.compile sets (torch >= 2.2)
 
 
+def is_compiled(module: torch.nn.Module) -> bool:
+    """Whether `compile_module` (or nn.Module.compile) compiled this module."""
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
 def log_recompiles() -> None:
     """Print every recompilation of a compiled module with the guard that failed (torch's logger)."""
     torch._logging.set_logs(recompiles=True)

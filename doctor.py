@@ -6,7 +6,7 @@ random weights, and says what a run of `bash main.sh tga_zsr` would meet:
   and one PGD step (loss, δ), tolerances in each line of the report;
 * fp16 autocast + GradScaler (CUDA), bf16 autocast, the CLS-only attack path, the per-sample PGD
   starts drawn on the device, uint8 images turned into [0, 1] on the device, the decoded cache's
-  Resize + CenterCrop on the device against PIL's;
+  Resize + CenterCrop on the device against PIL's, the compiled PGD update against eager;
 * `--compile`: two TGA-ZSR and two Vision-based (Grad-CAM) steps compiled equal eager, and no
   recompilation for a new batch size (inductor on a GPU; on the CPU the same capture with the
   eager backend, as the test suite: inductor's C++ build would take the whole budget);
@@ -40,7 +40,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms as T
 
-from attacks import no_param_grad, per_sample_start, pgd
+from attacks import compiled_linf_update, linf_update, no_param_grad, per_sample_start, pgd
 from checkpoint import load_file
 from clip_model import load_clip
 from datasets import TEST_DATASETS, to_unit
@@ -189,7 +189,11 @@ def check_paths(r: Report, device) -> None:
     pil = torch.stack([PIL_RESIZE(Image.fromarray(im.permute(1, 2, 0).numpy())) for im in imgs])
     same = torch.equal(ours, pil)
     r.add("decoded-cache resize", "ok" if same else "FAIL", f"32 TinyImageNet-sized images, bit-identical to PIL: {same}")
-
+    # --compile of the evaluation attack's update: inductor on every device (one small kernel, seconds)
+    x = torch.rand(6, 3, 32, 32, generator=g).to(device)
+    delta, grad = ((torch.rand(6, 3, 32, 32, generator=g) - 0.5) * 0.03).to(device), torch.randn(6, 3, 32, 32).to(device)
+    same = torch.equal(compiled_linf_update()(delta, grad, x, 1 / 255, 4 / 255), linf_update(delta, grad, x, 1 / 255, 4 / 255))
+    r.add("compiled PGD update", "ok" if same else "FAIL", f"inductor, bit-identical to eager: {same}")
 
 
 def check_compile(r: Report, device) -> None:

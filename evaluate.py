@@ -39,8 +39,9 @@ from tqdm import tqdm
 
 import datasets
 import distributed
-from attacks import attack_list, autoattack_batch, ce_loss_sum, cw_loss, no_param_grad, per_sample_start, pgd
-from device import autocast, resolve_precision, tf32_active
+from attacks import (attack_list, autoattack_batch, ce_loss_sum, compiled_linf_update, cw_loss, linf_update,
+                     no_param_grad, per_sample_start, pgd)
+from device import autocast, is_compiled, resolve_precision, tf32_active
 from protocols import protocol_label
 from results import append_result, find_done, format_table, read_results
 
@@ -82,7 +83,9 @@ def attack_batch(model, x, y, idx, text_features, settings: dict, attack: str | 
         init = per_sample_start(x, idx, eps, settings["norm"], settings["seed"])
     else:
         init = torch.zeros_like(x)
-    return x + pgd(objective, x, eps, alpha, steps, norm=settings["norm"], init=init)
+    # under --compile the tower is compiled, and so is the attack's update (the 100-step loop is the hot path)
+    update = compiled_linf_update() if is_compiled(model.image_tower) else linf_update
+    return x + pgd(objective, x, eps, alpha, steps, norm=settings["norm"], init=init, update=update)
 
 
 def strided(n: int, batch_size: int, stride: int) -> list[int]:

@@ -97,3 +97,45 @@ def test_batch_size_does_not_recompile():
         for b in (4, 3):
             tower(torch.rand(b, 3, 32, 32), cls_only=True)
     assert frames["ok"] - before == 2   # the CLS-only path (no grad) is one more graph, not two
+
+
+def test_compiled_attack_update_equals_eager():
+    """The evaluation attack's update compiled by inductor (what --compile runs) equals the eager one
+    bit for bit: per element it is the same IEEE operations (α·sign is exact, so a fused multiply-add
+    cannot round differently), across batch sizes (dynamic) and ε (a recompile each)."""
+    import attacks
+    update = attacks.compiled_linf_update()
+    g = torch.Generator().manual_seed(0)
+    for n in (8, 5, 3):
+        x = torch.rand(n, 3, 16, 16, generator=g)
+        delta = (torch.rand(n, 3, 16, 16, generator=g) - 0.5) * 0.05
+        grad = torch.randn(n, 3, 16, 16, generator=g)
+        grad[0, 0, 0, :4] = 0  # sign 0: no step
+        for eps in (1 / 255, 4 / 255):
+            assert torch.equal(update(delta, grad, x, 1 / 255, eps), attacks.linf_update(delta, grad, x, 1 / 255, eps))
+
+
+def test_evaluation_attack_compiles_its_update_with_the_tower(monkeypatch):
+    import attacks
+    import evaluate
+    calls = []
+
+    def spy(*a):
+        calls.append(a[0].shape[0])
+        return attacks.linf_update(*a)
+
+    monkeypatch.setattr(evaluate, "compiled_linf_update", lambda: spy)
+    torch.manual_seed(0)
+    model = load_clip("tiny-vit", None)
+    with torch.no_grad():
+        text = model.encode_text(PROMPTS)
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    settings = {"attack": "pgd", "eps": 4, "steps": 3, "step_size": 1, "norm": "l_inf", "seed": 0}
+    eager = evaluate.attack_batch(model, x, y, torch.arange(4), text, settings)
+    assert calls == []
+    compile_module(model.image_tower, backend=BACKEND)
+    compiled = evaluate.attack_batch(model, x, y, torch.arange(4), text, settings)
+    assert calls == [4, 4, 4]
+    # same images up to the compiled tower's float reassociation (gradients of 1e-7 relative size can
+    # flip a sign where the gradient is ~0; a flipped sign moves that pixel by at most 2 steps of 1/255)
+    assert (compiled - eager).abs().max() <= 2 / 255 + 1e-6
