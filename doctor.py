@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -192,6 +193,9 @@ def check_paths(r: Report, device) -> None:
     # --compile of the evaluation attack's update: inductor on every device (one small kernel, seconds)
     x = torch.rand(6, 3, 32, 32, generator=g).to(device)
     delta, grad = ((torch.rand(6, 3, 32, 32, generator=g) - 0.5) * 0.03).to(device), torch.randn(6, 3, 32, 32).to(device)
+    if device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
+        r.add("compiled PGD update", "skip", "inductor needs a C++ compiler on the CPU; none found")
+        return
     same = torch.equal(compiled_linf_update()(delta, grad, x, 1 / 255, 4 / 255), linf_update(delta, grad, x, 1 / 255, 4 / 255))
     r.add("compiled PGD update", "ok" if same else "FAIL", f"inductor, bit-identical to eager: {same}")
 

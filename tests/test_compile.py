@@ -10,6 +10,7 @@ with inductor on the user's machine.
     python -m pytest -q tests/test_compile.py
 """
 import copy
+import shutil
 
 import pytest
 import torch
@@ -99,6 +100,7 @@ def test_batch_size_does_not_recompile():
     assert frames["ok"] - before == 2   # the CLS-only path (no grad) is one more graph, not two
 
 
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="inductor needs a C++ compiler on the CPU")
 def test_compiled_attack_update_equals_eager():
     """The evaluation attack's update compiled by inductor (what --compile runs) equals the eager one
     bit for bit: per element it is the same IEEE operations (α·sign is exact, so a fused multiply-add
