@@ -9,7 +9,6 @@ with inductor on the user's machine.
 
     python -m pytest -q tests/test_compile.py
 """
-import copy
 import shutil
 
 import pytest
