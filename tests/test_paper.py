@@ -266,3 +266,23 @@ def test_cost_measurement_and_table_8(tmp_path):
     clip = next(r for r in table["rows"] if r["label"] == "CLIP")
     assert format_cell(clip["cells"]["Train s / batch"]) == "–" and format_cell(clip["cells"]["Test s / batch"]) == "1.00"
     assert format_cell(next(r for r in table["rows"] if r["label"] == "FARE")["cells"]["Test s / batch"]) == "pending"
+
+
+def test_a_runs_identity_ignores_defaults_and_evaluation_flags():
+    """A flag spelled out at its parser default (as a flag added to the project later would be) and an
+    evaluation-only flag leave the run's key, hence its folder, as it was; a training flag changes it."""
+    import paper_runs
+    base = ["-c", "configs/mini.yaml", "--Method", "tga_zsr", "--seed", "0"]
+    key = paper_runs.make_run(base, "test", "world_train").key
+    args = paper_runs.make_run(base, "test", "world_train").args
+    now = paper_runs.identity(args)
+    defaults = paper_runs.parser_defaults()
+    saved = defaults.pop("skip_corrupt")    # the project as it was before --skip_corrupt existed
+    delattr(args, "skip_corrupt")
+    try:
+        assert paper_runs.identity(args) == now
+    finally:
+        defaults["skip_corrupt"] = saved
+    assert paper_runs.make_run(base + ["--attack_precision", "fp32", "--test_eps", "8"], "test", "world_train").key == key
+    assert paper_runs.make_run(base + ["--Alpha", "0.07"], "test", "world_train").key != key
+    assert paper_runs.make_run(base + ["--seed", "1"], "test", "world_train").key != key
