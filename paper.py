@@ -12,6 +12,7 @@ CSV and LaTeX in `<out>/tables/`, each cell "ours (paper, Δ)", pending cells ma
     python paper.py T7 --dry_run                    # the tga_zsr.py commands of what remains
     python paper.py T7                              # run what remains, then print the tables (= bash main.sh paper T7)
     python paper.py T1 T3 T6 --gpus 0,1,2,3         # one run per GPU
+    python paper.py T6 --mini --jobs 2              # two runs at once on the CPU, one thread each (2 cores)
     python paper.py all --submitit slurm --slurm_partition gpu --no_wait   # job array; later: --table
     python paper.py T7 --table                      # print from whatever has finished
     python paper.py T7 --mini                       # the mini world on a CPU (= bash main.sh mini-paper T7)
@@ -223,15 +224,33 @@ def child_argv(opts, key: str, device) -> list[str]:
     return argv + (["--device", device] if device else []) + ["--", *opts.extra]
 
 
-def on_gpus(keys: list[str], opts) -> list[str]:
-    """One run per GPU: a worker per GPU takes the next run and runs `paper.py --only KEY` on it."""
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity; a container's limit), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def work_slots(opts) -> list[tuple[str, dict, str]]:
+    """(name, environment, device) of each worker: one per GPU of `--gpus`, or `--jobs N` on the CPU, each
+    with its share of the cores as torch threads (the tiny model gains little from a second thread, so two
+    runs at once on two cores finish a mini table sooner than one run after the other on both)."""
+    if opts.gpus:
+        return [(f"GPU {g}", {"CUDA_VISIBLE_DEVICES": g}, opts.device or "cuda:0") for g in opts.gpus.split(",")]
+    threads = max(1, usable_cpus() // opts.jobs)
+    return [(f"job {i}", {"OMP_NUM_THREADS": str(threads)}, opts.device or "cpu") for i in range(opts.jobs)]
+
+
+def in_parallel(keys: list[str], opts) -> list[str]:
+    """Independent runs at once: a worker per slot takes the next run and runs `paper.py --only KEY` on it."""
     todo, failed = queue.Queue(), []
     for k in keys:
         todo.put(k)
     logs = opts.out_resolved / "logs"
     logs.mkdir(parents=True, exist_ok=True)
 
-    def worker(gpu: str):
+    def worker(name: str, env: dict, device: str):
         while True:
             try:
                 k = todo.get_nowait()
@@ -239,14 +258,13 @@ def on_gpus(keys: list[str], opts) -> list[str]:
                 return
             log = logs / f"{k}.log"
             with open(log, "w") as f:
-                rc = subprocess.run([sys.executable, str(ROOT / "paper.py"), *child_argv(opts, k, opts.device or "cuda:0")],
-                                    env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu}, stdout=f,
-                                    stderr=subprocess.STDOUT).returncode
-            print(f"[paper] GPU {gpu}: {k} " + ("done" if rc == 0 else f"failed (exit {rc}), see {log}"), flush=True)
+                rc = subprocess.run([sys.executable, str(ROOT / "paper.py"), *child_argv(opts, k, device)],
+                                    env={**os.environ, **env}, stdout=f, stderr=subprocess.STDOUT).returncode
+            print(f"[paper] {name}: {k} " + ("done" if rc == 0 else f"failed (exit {rc}), see {log}"), flush=True)
             if rc:
                 failed.append(k)
 
-    threads = [threading.Thread(target=worker, args=(g,)) for g in opts.gpus.split(",")]
+    threads = [threading.Thread(target=worker, args=slot) for slot in work_slots(opts)]
     for t in threads:
         t.start()
     for t in threads:
@@ -335,6 +353,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of every row (default: protocol's)")
     p.add_argument("--device", default=None, help="device of every run (default: each run's --device, auto)")
     p.add_argument("--gpus", default=None, help="comma-separated GPU ids: independent runs go one per GPU")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="on the CPU: this many independent runs at once, the cores shared out as their threads")
     p.add_argument("--submitit", choices=["slurm", "local"], default=None,
                    help="submit each run as a submitit job (SLURM job array; 'local' runs them as local processes)")
     p.add_argument("--slurm_partition", default=None)
@@ -342,7 +362,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus", type=int, default=8, help="submitit: CPUs per job")
     p.add_argument("--parallel", type=int, default=16, help="submitit: jobs of the array running at once")
     p.add_argument("--no_wait", action="store_true", help="submitit: submit and return (print later with --table)")
-    p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one run key: the jobs of --gpus / --submitit
+    p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one run key: the jobs of --gpus/--jobs/--submitit
     return p
 
 
@@ -396,7 +416,7 @@ def main(argv=None) -> int:
                or any(e[1] for e in r["evals"].values())] + [k for k, done in st["costs"].items() if not done]
     if opts.dry_run:
         for k in pending:
-            if opts.gpus or opts.submitit:
+            if opts.gpus or opts.submitit or opts.jobs > 1:
                 print(f"# job: python paper.py {shlex.join(child_argv(opts, k, opts.device))}")
             if k in plan.costs:
                 print(shlex.join(cost_command(plan.costs[k], opts.device)))
@@ -410,8 +430,8 @@ def main(argv=None) -> int:
         print(f"[paper] {len(pending)} run(s) to finish ({plan.protocol} protocol) -> {plan.out}", flush=True)
         if opts.submitit:
             failed = with_submitit(pending, opts)
-        elif opts.gpus:
-            failed = on_gpus(pending, opts)
+        elif opts.gpus or opts.jobs > 1:
+            failed = in_parallel(pending, opts)
         else:
             failed = [k for k in pending if not execute(k, plan, opts.device)]
         print(f"[paper] finished in {time.time() - t0:.0f} s; {len(failed)} failed", flush=True)

@@ -243,9 +243,36 @@ def test_one_run_per_gpu(tmp_path, monkeypatch):
     opts = paper.get_args_parser().parse_args(["T18", "--gpus", "0,1"])
     opts.extra, opts.out_resolved = [], tmp_path
     keys = [f"run{i}" for i in range(6)]
-    assert paper.on_gpus(keys, opts) == []
+    assert paper.in_parallel(keys, opts) == []
     assert sorted(k for k, _, _ in seen) == keys and {g for _, g, _ in seen} == {"0", "1"}
     assert {d for _, _, d in seen} == {"cuda:0"}                      # each process sees one GPU as cuda:0
+
+
+def test_jobs_share_the_cpu(tmp_path, monkeypatch):
+    """--jobs 2 on the CPU: each run once, two at a time, each process with half of the cores as threads."""
+    seen, running, peak, lock = [], [0], [0], threading.Lock()
+
+    class Done:
+        returncode = 0
+
+    def fake_run(cmd, env=None, **kw):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.1)
+        with lock:
+            running[0] -= 1
+            seen.append((cmd[cmd.index("--only") + 1], env["OMP_NUM_THREADS"], cmd[cmd.index("--device") + 1]))
+        return Done()
+
+    monkeypatch.setattr(paper.subprocess, "run", fake_run)
+    monkeypatch.setattr(paper, "usable_cpus", lambda: 4)
+    opts = paper.get_args_parser().parse_args(["T6", "--mini", "--jobs", "2"])
+    opts.extra, opts.out_resolved = [], tmp_path
+    keys = [f"run{i}" for i in range(5)]
+    assert paper.in_parallel(keys, opts) == []
+    assert sorted(k for k, _, _ in seen) == keys and peak[0] == 2
+    assert {(t, d) for _, t, d in seen} == {("2", "cpu")}
 
 
 def test_cost_measurement_and_table_8(tmp_path):
