@@ -11,6 +11,16 @@ logging.getLogger().setLevel(logging.ERROR)  # open_clip's "initialized randomly
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 2))
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (tiny models run ~10× faster on one thread of a shared 2-core
+    CPU); the suite's count comes back afterwards. Use with pytestmark = pytest.mark.usefixtures(...)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_clip():
     from clip_model import load_clip

@@ -24,12 +24,7 @@ PROMPTS = [f"This is a photo of a thing{i}" for i in range(6)]
 BACKEND = "aot_eager"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def two_steps(method_name: str, compiled: bool) -> tuple[list[float], dict]:
