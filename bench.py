@@ -52,13 +52,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import datasets
 from attacks import no_param_grad, pgd
-from clip_model import build_model, load_clip
-from device import autocast, make_scaler, resolve_device, resolve_precision, seed_everything
+from engine.model import build_model, load_clip
+from engine.device import autocast, make_scaler, resolve_device, resolve_precision, seed_everything
 from doctor import estimate_hours, peak_tflops
-from evaluate import attack_batch, eval_settings
+from engine.evaluate import attack_batch, eval_settings
 from methods import TrainingSetup, available_methods, build_method, get_method
-from params import parse_args
-from train import Trainer, build_optimizer, trainable_parameters
+from engine.settings import parse_args
+from engine.train import Trainer, build_optimizer, trainable_parameters
 
 
 def timed(fn, reps: int, warmup: int, device) -> float:

@@ -42,15 +42,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms as T
 
 from attacks import compiled_linf_update, linf_update, no_param_grad, per_sample_start, pgd
-from checkpoint import load_file
-from clip_model import load_clip
+from engine.checkpoint import load_file
+from engine.model import load_clip
 from datasets import TEST_DATASETS, to_unit
 from datasets.catalog import expected_count
 from datasets.pil_resize import PilResizeCenterCrop
-from device import autocast, compile_module, make_scaler, resolve_device
+from engine.device import autocast, compile_module, make_scaler, resolve_device
 from methods import build_method
-from params import parse_args
-from train import build_optimizer, trainable_parameters
+from engine.settings import parse_args
+from engine.train import build_optimizer, trainable_parameters
 
 ROOT = Path(__file__).resolve().parent
 PROMPTS = [f"This is a photo of a thing{i}" for i in range(6)]

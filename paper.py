@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import tga_zsr
-from paper_runs import (Run, add_evaluation, device_type, estimate, eval_status, flags_to_argv, make_run,
+from reports.paper_runs import (Run, add_evaluation, device_type, estimate, eval_status, flags_to_argv, make_run,
                         missing_data, results_of, training_state)
-from paper_tables import (DeclarationError, build_view, directions, has_mini, load_declaration, load_paper_numbers,
+from reports.paper_tables import (DeclarationError, build_view, directions, has_mini, load_declaration, load_paper_numbers,
                           load_protocols, table_ids, trade_off_figure, view_evals, write_outputs)
-from results import group_title, read_jsonl
+from engine.results import group_title, read_jsonl
 
 ROOT = Path(__file__).resolve().parent
 

@@ -40,13 +40,13 @@ import torch.nn.functional as F  # noqa: E402
 from open_clip.loss import ClipLoss  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from weight_files import save_clip  # noqa: E402
-from clip_model import load_clip  # noqa: E402
+from engine.weights import save_clip  # noqa: E402
+from engine.model import load_clip  # noqa: E402
 from datasets.world import ATTRIBUTES, DIAGNOSTIC_SETS, HELDOUT_COMBOS, WORLD_TEST_SETS, build_world, stream  # noqa: E402
-from device import resolve_device  # noqa: E402
-from evaluate import evaluate_dataset  # noqa: E402
-from run_folder import environment  # noqa: E402
-from train import lr_at  # noqa: E402
+from engine.device import resolve_device  # noqa: E402
+from engine.evaluate import evaluate_dataset  # noqa: E402
+from engine.run_folder import environment  # noqa: E402
+from engine.train import lr_at  # noqa: E402
 
 ARCH = "tiny-world"
 DEFAULT_OUT = "checkpoints/tiny-world-clip.pt"

@@ -26,22 +26,22 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 import datasets
-import distributed
+from engine import distributed
 import visualize
-from plots import plot_loss_curve
-from checkpoint import CHECKPOINT_NAME, checkpoint_id, load_file, load_visual_weights
-from clip_model import build_model, is_weights_folder
-from device import compile_module, log_recompiles, resolve_precision, seed_everything, set_tf32
-from evaluate import evaluate_run, with_decoded_cache
-from export import export_run, model_description
-from model_card import leaderboard_main, write_card
-from losses import tga_zsr_loss  # noqa: F401  (public API: from tga_zsr import tga_zsr_loss)
+from reports.plots import plot_loss_curve
+from engine.checkpoint import CHECKPOINT_NAME, checkpoint_id, load_file, load_visual_weights
+from engine.model import build_model, is_weights_folder
+from engine.device import compile_module, log_recompiles, resolve_precision, seed_everything, set_tf32
+from engine.evaluate import evaluate_run, with_decoded_cache
+from reports.export import export_run, model_description
+from reports.model_card import leaderboard_main, write_card
+from methods.losses import tga_zsr_loss  # noqa: F401  (public API: from tga_zsr import tga_zsr_loss)
 from methods import DEFAULT_METHOD_NAME, build_method, get_method, method_label, prepare_model
-from params import parse_args, validate
-from results import table_main
-from run_folder import (RunLock, check_resume, environment, prepare_run_dir, refuse_to_overwrite, setup_logging,
+from engine.settings import parse_args, validate
+from engine.results import table_main
+from engine.run_folder import (RunLock, check_resume, environment, prepare_run_dir, refuse_to_overwrite, setup_logging,
                         write_run_header)
-from train import NonFiniteLoss, RunStopped, StopSignals, Trainer
+from engine.train import NonFiniteLoss, RunStopped, StopSignals, Trainer
 
 log = logging.getLogger("tga_zsr")
 

@@ -35,13 +35,13 @@ import torch
 import datasets
 from attacks import no_param_grad
 from attention import text_guided_attention
-from checkpoint import load_visual_weights, resolve_checkpoint
-from clip_model import build_model
-from device import resolve_device, seed_everything
-from evaluate import attack_batch
+from engine.checkpoint import load_visual_weights, resolve_checkpoint
+from engine.model import build_model
+from engine.device import resolve_device, seed_everything
+from engine.evaluate import attack_batch
 from methods import method_label
-from params import parse_args
-from plots import STYLE, make_trade_off, plot_loss_curve, pyplot, save_figure
+from engine.settings import parse_args
+from reports.plots import STYLE, make_trade_off, plot_loss_curve, pyplot, save_figure
 
 log = logging.getLogger("tga_zsr")
 

@@ -23,7 +23,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_clip():
-    from clip_model import load_clip
+    from engine.model import load_clip
     torch.manual_seed(0)
     return load_clip("tiny-vit", pretrained=None)
 

@@ -8,11 +8,11 @@ import torch
 import yaml
 
 import tga_zsr
-from checkpoint import load_visual_weights
-from weight_files import save_clip
-from clip_model import load_clip
+from engine.checkpoint import load_visual_weights
+from engine.weights import save_clip
+from engine.model import load_clip
 from tests.eval_fixtures import register_tiny_sets
-from checkpoint import trainable_state
+from engine.checkpoint import trainable_state
 
 
 @pytest.fixture

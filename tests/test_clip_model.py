@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from weight_files import save_clip
-from clip_model import CLIP_MEAN, CLIP_STD, load_clip
+from engine.weights import save_clip
+from engine.model import CLIP_MEAN, CLIP_STD, load_clip
 
 
 def test_cls_token_equals_open_clip_encode_image(tiny_model):
@@ -26,7 +26,7 @@ def test_cls_token_equals_open_clip_encode_image(tiny_model):
 def test_cls_only_path_equals_open_clip_forward(prompts):
     """`image_features` runs the last block for the CLS query only: same values and same input
     gradients as open_clip's full forward, with and without appended VPT prompt tokens."""
-    from prompters import install_prompter
+    from engine.prompters import install_prompter
     torch.manual_seed(0)
     model = load_clip("tiny-vit", None)
     if prompts:

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import methods
-from clip_model import load_clip
-from device import compile_module
-from params import parse_args
-from train import build_optimizer, trainable_parameters
+from engine.model import load_clip
+from engine.device import compile_module
+from engine.settings import parse_args
+from engine.train import build_optimizer, trainable_parameters
 
 PROMPTS = [f"This is a photo of a thing{i}" for i in range(6)]
 BACKEND = "aot_eager"
@@ -113,7 +113,7 @@ def test_compiled_attack_update_equals_eager():
 
 def test_evaluation_attack_compiles_its_update_with_the_tower(monkeypatch):
     import attacks
-    import evaluate
+    from engine import evaluate
     calls = []
 
     def spy(*a):

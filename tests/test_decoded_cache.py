@@ -15,7 +15,7 @@ from torchvision import transforms as T
 
 import datasets
 import tga_zsr
-from checkpoint import load_file
+from engine.checkpoint import load_file
 from dataset_fixtures import write_tinyimagenet
 from datasets.decoded_cache import DecodedImages
 from datasets.pil_resize import PilResizeCenterCrop, resized_size

@@ -21,9 +21,9 @@ import pytest
 import torch
 
 import tga_zsr
-from checkpoint import load_file
-from clip_model import load_clip
-from device import seed_everything
+from engine.checkpoint import load_file
+from engine.model import load_clip
+from engine.device import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["-c", "configs/synthetic.yaml", "--device", "cpu", "--print_freq", "1", "--max_steps", "2",

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 import attacks
-import evaluate
-import results
+from engine import evaluate
+from engine import results
 import tga_zsr
 from attacks import ce_loss_sum, pgd
 from tests.eval_fixtures import register_tiny_sets, tiny_data
-from evaluate import attack_batch, evaluate_dataset
+from engine.evaluate import attack_batch, evaluate_dataset
 
 CPU = torch.device("cpu")
 

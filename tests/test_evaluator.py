@@ -13,17 +13,17 @@ import torch
 import yaml
 
 import datasets
-import evaluate
-import results
+from engine import evaluate
+from engine import results
 import tga_zsr
 from attacks import attacks_for, no_param_grad
-from checkpoint import trainable_state
-from weight_files import save_clip
-from clip_model import MODEL_CONFIG_DIR, load_clip
-from evaluate import attack_batch, eval_transform, evaluate_dataset
-from model_card import at_chance, leaderboard
-from params import parse_args
-from protocols import protocol_label
+from engine.checkpoint import trainable_state
+from engine.weights import save_clip
+from engine.model import MODEL_CONFIG_DIR, load_clip
+from engine.evaluate import attack_batch, eval_transform, evaluate_dataset
+from reports.model_card import at_chance, leaderboard
+from engine.settings import parse_args
+from engine.protocols import protocol_label
 from tests.dataset_fixtures import write_cifar10
 from tests.eval_fixtures import register_tiny_sets, tiny_data
 

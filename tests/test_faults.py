@@ -21,11 +21,11 @@ import pytest
 import torch
 import yaml
 
-import evaluate
+from engine import evaluate
 import methods
-import results
+from engine import results
 import tga_zsr
-from checkpoint import load_file
+from engine.checkpoint import load_file
 from datasets import prepare
 from tests.dataset_fixtures import write_tinyimagenet
 
@@ -109,7 +109,7 @@ def test_corrupt_training_image_checkpoints_then_resumes_with_skip(tmp_path, cap
 # --- disk full --------------------------------------------------------------------------------------
 def test_disk_full_while_writing_a_checkpoint(tmp_path, monkeypatch, capsys):
     """The temp file is a link to /dev/full: the kernel's real ENOSPC, from a real torch.save."""
-    import checkpoint
+    from engine import checkpoint
     out, run = tmp_path / "runs", tmp_path / "runs" / "d"
     argv = TRAIN + ["--output_dir", str(out), "--name", "d", "--save_freq", "1", "--max_steps", "2"]
     real_temp_path, calls = checkpoint.temp_path, []

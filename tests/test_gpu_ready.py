@@ -17,14 +17,14 @@ from PIL import Image
 from torchvision import transforms as T
 
 import datasets
-import device
-import distributed
+from engine import device
+from engine import distributed
 import methods
 from attacks import mt19937_uniform, per_sample_start, pgd, start_seed
-from clip_model import load_clip
+from engine.model import load_clip
 from datasets.common import resize_center_crop, resize_square, rgb_first
-from evaluate import evaluate_dataset
-from params import parse_args
+from engine.evaluate import evaluate_dataset
+from engine.settings import parse_args
 
 # The floor of requirements.txt, torch 2.3.0: the parameters of the two constructors we call, as
 # `inspect.signature` lists them there (read from an installed torch 2.3.0).

@@ -8,13 +8,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 450
+PACKAGES = ("datasets", "methods", "engine", "reports")
 
 
 def project_modules() -> dict[str, Path]:
     """Module name -> file, for the root scripts and the datasets package."""
     mods = {p.stem: p for p in ROOT.glob("*.py")}
-    for p in (ROOT / "datasets").glob("*.py"):
-        mods["datasets" if p.stem == "__init__" else f"datasets.{p.stem}"] = p
+    for package in PACKAGES:
+        for p in (ROOT / package).glob("*.py"):
+            mods[package if p.stem == "__init__" else f"{package}.{p.stem}"] = p
     return mods
 
 

@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 
 import methods
-from losses import (fare_embedding_loss, hyperspherical_energy, in_batch_contrastive_loss, pmg_aft_loss,
+from methods.losses import (fare_embedding_loss, hyperspherical_energy, in_batch_contrastive_loss, pmg_aft_loss,
                     tga_zsr_loss, text_distance_margins)
 from attention import GradCAM
-from checkpoint import trainable_state
-from params import mini_learning_rate, parse_args
-from prompters import install_prompter, remove_prompter
-from train import build_optimizer, trainable_parameters
+from engine.checkpoint import trainable_state
+from engine.settings import mini_learning_rate, parse_args
+from engine.prompters import install_prompter, remove_prompter
+from engine.train import build_optimizer, trainable_parameters
 
 ALL = methods.available_methods()   # data-driven: a new method is tested here without editing this file
 PROMPTS = [f"This is a photo of a thing{i}" for i in range(6)]
@@ -439,7 +439,7 @@ def test_checkpoint_with_a_trained_positional_embedding_loads_with_the_same_prom
     """A checkpoint written before the positional embedding became a buffer holds it as a trained
     parameter (`token_prompter.positional_embedding`). It loads strictly, folded into the tokens: the
     tokens that enter ln_pre are the old model's `tokens + positional_embedding`."""
-    from checkpoint import load_visual_weights
+    from engine.checkpoint import load_visual_weights
     model = tiny_model
     prompter = install_prompter(model, "padding", 30, 3)
     g = torch.Generator().manual_seed(0)
@@ -462,7 +462,7 @@ def test_checkpoint_with_a_trained_positional_embedding_loads_with_the_same_prom
 
 def test_random_patch_corner_excludes_the_last_position():
     """TeCoA's random_patch draws its top-left corner from 0 … s − p − 1 (SPEC §4): upper bound exclusive."""
-    from prompters import PixelPrompter
+    from engine.prompters import PixelPrompter
     pp = PixelPrompter("random_patch", 3, 8)
     with torch.no_grad():
         pp.patch.fill_(1.0)
@@ -478,7 +478,7 @@ def test_random_patch_corner_excludes_the_last_position():
 def test_tecoa_vpt_runs_tecoas_published_command():
     """TeCoA's "w/ Prompting" command passes no --method (our --pixel_prompt): its default padding prompt of 30 joins the
     100 tokens (SPEC §4). The config, main.sh's row and the mini world's scaled version say so."""
-    from prompters import PixelPrompter
+    from engine.prompters import PixelPrompter
     vpt = parse_args(["--Method", "tecoa_vpt"])
     assert (vpt.pixel_prompt, vpt.prompt_size, vpt.add_prompt_size) == ("padding", 30, 100)
     text = (ROOT / "main.sh").read_text()
@@ -494,18 +494,18 @@ def test_tecoa_vpt_runs_tecoas_published_command():
 
 def test_vpt_checkpoint_round_trip_through_eval_only(tmp_path):
     import tga_zsr
-    from checkpoint import load_file
+    from engine.checkpoint import load_file
     run = ["-c", "configs/synthetic.yaml", "--Method", "tecoa_vpt", "--add_prompt_size", "4", "--device", "cpu",
            "--output_dir", str(tmp_path), "--name", "vpt", "--max_steps", "2", "--no_eval", "--learning_rate", "1"]
     assert tga_zsr.main(run) == 0
     ck = load_file(tmp_path / "vpt" / "last.pt")
     assert "token_prompter.tokens" in ck["prompter_state_dict"]
-    from clip_model import load_clip
+    from engine.model import load_clip
     model = load_clip("tiny-vit", None)
     args = parse_args(["--resume", str(tmp_path / "vpt"), "--eval_only"])
     assert args.adaptation_method == "VPT" and args.add_prompt_size == 4
     methods.prepare_model(model, args)
-    from checkpoint import load_visual_weights
+    from engine.checkpoint import load_visual_weights
     load_visual_weights(model, tmp_path / "vpt" / "last.pt")
     for k, v in ck["prompter_state_dict"].items():
         assert torch.equal(model.prompter.state_dict()[k], v)

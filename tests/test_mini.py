@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import tga_zsr
-from results import read_results
+from engine.results import read_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CKPT = os.path.join(ROOT, "checkpoints", "tiny-world-clip.pt")
@@ -46,7 +46,7 @@ def mini_runs(tmp_path_factory):
 def test_mini_learning_rates_are_the_paper_rates_times_100():
     """configs/mini.yaml sets --mini_lr: each method's configs/<name>.yaml rate × 100 (methods.py),
     rounded as a decimal (1e-5 × 100 is 1e-3 exactly, not 0.0010000000000000002)."""
-    from params import mini_learning_rate, parse_args
+    from engine.settings import mini_learning_rate, parse_args
     assert (mini_learning_rate("TeCoA"), mini_learning_rate("TGA-ZSR"), mini_learning_rate("PMG-AFT")) == \
         (1e-3, 1e-2, 5e-3)
     assert mini_learning_rate("tecoa_vpt") == 0.4                      # its own rate (prompt tokens)

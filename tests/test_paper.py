@@ -25,9 +25,9 @@ import pytest
 import torch
 
 import paper
-import paper_tables as PT
-from paper_runs import training_state
-from comparison import comparison_csv, comparison_latex, comparison_markdown, format_cell
+from reports import paper_tables as PT
+from reports.paper_runs import training_state
+from reports.comparison import comparison_csv, comparison_latex, comparison_markdown, format_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 CKPT = ROOT / "checkpoints" / "tiny-world-clip.pt"
@@ -298,7 +298,7 @@ def test_cost_measurement_and_table_8(tmp_path):
 def test_a_runs_identity_ignores_defaults_and_evaluation_flags():
     """A flag spelled out at its parser default (as a flag added to the project later would be) and an
     evaluation-only flag leave the run's key, hence its folder, as it was; a training flag changes it."""
-    import paper_runs
+    from reports import paper_runs
     base = ["-c", "configs/mini.yaml", "--Method", "tga_zsr", "--seed", "0"]
     key = paper_runs.make_run(base, "test", "world_train").key
     args = paper_runs.make_run(base, "test", "world_train").args

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from methods import available_methods, get_method
-from params import get_args_parser, parse_args
+from engine.settings import get_args_parser, parse_args
 
 
 def test_precedence_parser_method_config_user_config_cli(tmp_path):

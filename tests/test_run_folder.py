@@ -7,8 +7,8 @@ import json
 import yaml
 
 from methods import get_method
-from params import parse_args
-from run_folder import run_name, write_run_header
+from engine.settings import parse_args
+from engine.run_folder import run_name, write_run_header
 
 
 def name_of(*argv):

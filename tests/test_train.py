@@ -7,9 +7,9 @@ import torch
 import yaml
 
 import tga_zsr
-from checkpoint import load_file, load_visual_weights
-from clip_model import load_clip
-from train import lr_at
+from engine.checkpoint import load_file, load_visual_weights
+from engine.model import load_clip
+from engine.train import lr_at
 
 SMOKE = ["-c", "configs/synthetic.yaml", "--device", "cpu", "--no_eval", "--print_freq", "1"]
 
@@ -74,7 +74,7 @@ def test_checkpoint_loads_strictly_into_fresh_model(tmp_path):
 
 
 def test_cli_overrides_config_and_method_config(tmp_path):
-    from params import parse_args
+    from engine.settings import parse_args
     a = parse_args(["--Method", "TeCoA"])
     assert a.learning_rate == 1e-5 and a.Alpha == 0.0           # configs/tecoa.yaml
     b = parse_args(["--Method", "TeCoA", "--learning_rate", "0.3"])

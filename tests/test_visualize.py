@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-import plots
+from reports import plots
 import tga_zsr
 import visualize
-from checkpoint import load_file
+from engine.checkpoint import load_file
 from methods import method_label
 
 SMOKE = ["-c", "configs/synthetic.yaml", "--device", "cpu", "--test_numsteps", "2", "--testdata", "synthetic_colors"]
@@ -56,7 +56,7 @@ def test_attention_rows_use_the_evaluation_attack(run):
     """The grid's PGD image is the evaluation's (same per-sample start), inside the ε-ball."""
     import datasets
     from attacks import no_param_grad
-    from evaluate import attack_batch
+    from engine.evaluate import attack_batch
     args = visualize.run_args(run)
     original, finetuned = visualize.load_models(run, args, torch.device("cpu"))
     data = datasets.get_dataset("synthetic_colors", "", "test")
@@ -105,8 +105,8 @@ def test_original_model_is_the_runs_start_and_plot_errors_are_soft(tmp_path, mon
 def test_finetuned_model_reproduces_the_runs_clean_accuracy(run):
     """Text tower re-created from the seed + visual tower from last.pt = the evaluated model."""
     import datasets
-    from evaluate import evaluate_dataset
-    from results import read_results
+    from engine.evaluate import evaluate_dataset
+    from engine.results import read_results
     _, finetuned = visualize.load_models(run, visualize.run_args(run), torch.device("cpu"))
     data = datasets.get_dataset("synthetic_colors", "", "test")
     text = finetuned.encode_text(data.prompts)

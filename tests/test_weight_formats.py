@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from attention import patch_attention, text_guided_attention
-from checkpoint import load_visual_weights
-from clip_model import CLIP_MEAN, CLIP_STD, load_clip
+from engine.checkpoint import load_visual_weights
+from engine.model import CLIP_MEAN, CLIP_STD, load_clip
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 

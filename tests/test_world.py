@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from evaluate import evaluate_dataset  # noqa: E402
+from engine.evaluate import evaluate_dataset  # noqa: E402
 from datasets import TABLE_ORDER, TEST_DATASETS, available, get_dataset  # noqa: E402
 from datasets.world import (ATTRIBUTES, BACKGROUNDS, COLOUR_NAMES, COLOURS, HELDOUT_COMBOS, POSITIONS,  # noqa: E402
                             PREFIXES, SHAPES, SIZE_NAMES, SUITE, TEXTURES, TRAIN_COMBOS, WORLD_TEST_SETS, DIAGNOSTIC_SETS,
@@ -101,7 +101,7 @@ def test_captions_mention_and_fit_the_context():
         assert (TEXTURES[a["texture"][i]] in cap) == bool(mention["texture"][i])
         assert (SHAPES[a["shape"][i]] in cap) == bool(mention["shape"][i]) or "object" in cap
     import open_clip
-    from clip_model import load_clip  # noqa: F401  (registers configs/models)
+    from engine.model import load_clip  # noqa: F401  (registers configs/models)
     ctx = open_clip.get_model_config("tiny-world")["text_cfg"]["context_length"]
     tok = open_clip.get_tokenizer("tiny-world")
     longest = caption(sample_attributes(2000, seed=2), prefix=torch.ones(2000, dtype=torch.long))  # "this is a photo of"
@@ -208,5 +208,5 @@ def test_bundled_model_is_a_zero_shot_model(name, bundled_model):
 
 @pytest.fixture(scope="module")
 def bundled_model():
-    from clip_model import load_clip
+    from engine.model import load_clip
     return load_clip("tiny-world", pretrained=CKPT).eval()

@@ -21,11 +21,11 @@ import open_clip
 import torch
 import yaml
 
-from checkpoint import file_digest, load_file, load_visual_weights, resolve_checkpoint
-from clip_model import CLIP_MEAN, CLIP_STD, build_model
+from engine.checkpoint import file_digest, load_file, load_visual_weights, resolve_checkpoint
+from engine.model import CLIP_MEAN, CLIP_STD, build_model
 from methods import prepare_model
-from model_card import CARD_NAME, build_card
-from params import parse_args
+from reports.model_card import CARD_NAME, build_card
+from engine.settings import parse_args
 
 log = logging.getLogger("tga_zsr")
 FORMATS = ("open_clip", "hf_hub")

@@ -4,7 +4,7 @@ Ours is the mean over seeds (± their std), "pending" where nothing is evaluated
 and a LaTeX `tabular` because these numbers go into papers. paper_tables.py fills the cells; nothing
 here knows the paper. No torch import.
 
-    from comparison import comparison_markdown, comparison_csv, comparison_latex, format_cell
+    from reports.comparison import comparison_markdown, comparison_csv, comparison_latex, format_cell
 """
 from __future__ import annotations
 

@@ -36,10 +36,10 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-import distributed
-from checkpoint import CHECKPOINT_NAME, CheckpointWriteError, atomic_save, load_trainable_state, trainable_state
+from engine import distributed
+from engine.checkpoint import CHECKPOINT_NAME, CheckpointWriteError, atomic_save, load_trainable_state, trainable_state
 from datasets import CorruptImage, Indexed, collate_indexed, images_to
-from device import autocast, make_scaler, rng_state, seed_everything, set_rng_state
+from engine.device import autocast, make_scaler, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("tga_zsr")
 

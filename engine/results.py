@@ -18,7 +18,7 @@ into separate tables, each titled with its settings. Markdown on stdout, and a C
 Tables beside reference numbers (the paper's) are `comparison.py`.
 No torch import: it runs instantly.
 
-    from results import read_results, find_done, append_result
+    from engine.results import read_results, find_done, append_result
     python tga_zsr.py --table checkpoints/tecoa_run checkpoints/tga_zsr_run
 """
 from __future__ import annotations

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from device import resolve_device, seed_everything
+from engine.device import resolve_device, seed_everything
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import torch
 import torchvision
 import yaml
 
-from checkpoint import CHECKPOINT_NAME, load_file, pid_alive, remove_stale_temp_files, resolve_checkpoint
+from engine.checkpoint import CHECKPOINT_NAME, load_file, pid_alive, remove_stale_temp_files, resolve_checkpoint
 from methods import run_name_parts
 
 log = logging.getLogger("tga_zsr")
@@ -192,7 +192,7 @@ class RunLock:
 
 
 def git_revision() -> str:
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,

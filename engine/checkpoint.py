@@ -13,7 +13,7 @@ Whole-CLIP files and folders (what `load_clip` reads) are in `weight_files.py`.
 A visual file whose weights equal the model's before the load is refused: it changes nothing,
 so it is the wrong file or its keys were not the ones meant.
 
-    from checkpoint import load_visual_weights, trainable_state, atomic_save
+    from engine.checkpoint import load_visual_weights, trainable_state, atomic_save
 """
 from __future__ import annotations
 

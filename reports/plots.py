@@ -18,7 +18,7 @@ import io
 import logging
 from pathlib import Path
 
-from results import GROUP_KEYS, group_key, read_jsonl, read_results, row_label
+from engine.results import GROUP_KEYS, group_key, read_jsonl, read_results, row_label
 
 log = logging.getLogger("tga_zsr")
 

@@ -8,7 +8,7 @@ tokens through its public `forward_intermediates` and applies `visual.proj` to t
 Pixels enter in [0, 1] at any size: the bicubic resize and the CLIP normalisation happen
 inside the model, so every attack perturbs raw pixels (the AutoAttack convention).
 
-    from clip_model import load_clip
+    from engine.model import load_clip
     model = load_clip("ViT-B-32", pretrained="openai")           # QuickGELU, as trained
     model = load_clip("tiny-vit", pretrained=None)                # random tiny test model
 """
@@ -26,15 +26,15 @@ import torch.nn.functional as F
 
 from open_clip.pretrained import download_pretrained_from_hf
 
-from checkpoint import load_strict
-from weight_files import HUB_CONFIG, read_weights_file, read_weights_folder, weights_folder_kind
+from engine.checkpoint import load_strict
+from engine.weights import HUB_CONFIG, read_weights_file, read_weights_folder, weights_folder_kind
 
 log = logging.getLogger("tga_zsr")
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "models"
+MODEL_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "models"
 open_clip.add_model_config(MODEL_CONFIG_DIR)  # small test architectures, e.g. "tiny-vit"
 
 # The original code's --arch values, and a few obvious spellings.

@@ -4,7 +4,7 @@ restores).
 
 Supported PyTorch: 2.3 and newer (requirements.txt); nothing here needs a newer release.
 
-    from device import resolve_device, autocast
+    from engine.device import resolve_device, autocast
     device = resolve_device("auto")          # CUDA when present, else the CPU
 """
 from __future__ import annotations

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 
 from attacks import no_param_grad, pgd
 from attention import GradCAM, patch_attention
-from losses import (fare_embedding_loss, ft_loss, gradcam_tga_loss, pmg_aft_attack_objective, pmg_aft_loss,
+from methods.losses import (fare_embedding_loss, ft_loss, gradcam_tga_loss, pmg_aft_attack_objective, pmg_aft_loss,
                     tga_zsr_loss, tima_loss)
-from prompters import install_prompter
+from engine.prompters import install_prompter
 
 DEFAULT_METHOD_NAME = "tga_zsr"  # what --Method means when no flag, config or resumed run names one
 MINI_LR_FACTOR = 100  # the mini benchmark trains a few hundred steps, not 7 820: paper rate × 100

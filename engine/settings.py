@@ -21,10 +21,10 @@ import yaml
 
 from attacks import AA_VERSIONS, attack_list
 from datasets import TEST_DATASETS, DatasetError, canonical_name, default_workers
-from protocols import load_protocol, protocol_names
+from engine.protocols import load_protocol, protocol_names
 from methods import DEFAULT_METHOD_NAME, MINI_LR_FACTOR, canonical_method, get_method, method_flags
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # Flags that describe this invocation, not the run: never taken from a run's args.yaml.
 PER_INVOCATION = {"resume", "eval_only", "table", "max_steps", "config", "device", "gpu", "no_eval", "dist_timeout",
                   "compile", "save_adv", "leaderboard", "export", "format", "export_dir"}

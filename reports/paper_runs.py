@@ -33,19 +33,19 @@ import torch
 
 import datasets
 from bench import forward_flops
-from checkpoint import CHECKPOINT_NAME
-from clip_model import load_clip
+from engine.checkpoint import CHECKPOINT_NAME
+from engine.model import load_clip
 from datasets.catalog import INFO, expected_count
 from datasets.world import SUITE as WORLD_SUITE
-from device import resolve_device, resolve_precision
-from evaluate import eval_settings
+from engine.device import resolve_device, resolve_precision
+from engine.evaluate import eval_settings
 from methods import get_method
-from params import get_args_parser, parse_args
-from results import GROUP_KEYS, find_done, read_jsonl, read_results, setting
-from run_folder import run_name
+from engine.settings import get_args_parser, parse_args
+from engine.results import GROUP_KEYS, find_done, read_jsonl, read_results, setting
+from engine.run_folder import run_name
 from tga_zsr import pretrained_id
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 # Flags that cannot change the trained weights: evaluation, paths, logging, devices (not part of a run's identity).
 NOT_TRAINING = {"testdata", "test_eps", "test_numsteps", "test_stepsize", "attack", "n_samples", "test_batch_size",
                 "output_dir", "name", "resume", "eval_only", "table", "device", "gpu", "workers", "print_freq",

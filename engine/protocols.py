@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-PROTOCOL_DIR = Path(__file__).resolve().parent / "configs" / "protocols"
+PROTOCOL_DIR = Path(__file__).resolve().parents[1] / "configs" / "protocols"
 
 
 def protocol_names() -> list[str]:

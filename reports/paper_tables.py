@@ -21,10 +21,10 @@ from pathlib import Path
 
 import yaml
 
-from comparison import cell_stats, comparison_csv, comparison_latex, comparison_markdown, mean_cell
-from plots import draw_trade_off, save_figure
+from reports.comparison import cell_stats, comparison_csv, comparison_latex, comparison_markdown, mean_cell
+from reports.plots import draw_trade_off, save_figure
 
-PAPER_DIR = Path(__file__).resolve().parent / "configs" / "paper"
+PAPER_DIR = Path(__file__).resolve().parents[1] / "configs" / "paper"
 CSV_PATH = PAPER_DIR / "paper_tables.csv"
 NEURIPS = "tga_zsr_neurips"
 # The paper's dataset names (paper_tables.csv) -> ours, in the paper's column order.

@@ -38,12 +38,12 @@ from torchvision import transforms as T
 from tqdm import tqdm
 
 import datasets
-import distributed
+from engine import distributed
 from attacks import (attack_list, autoattack_batch, ce_loss_sum, compiled_linf_update, cw_loss, linf_update,
                      no_param_grad, per_sample_start, pgd)
-from device import autocast, is_compiled, resolve_precision, tf32_active
-from protocols import protocol_label
-from results import append_result, find_done, format_table, read_results
+from engine.device import autocast, is_compiled, resolve_precision, tf32_active
+from engine.protocols import protocol_label
+from engine.results import append_result, find_done, format_table, read_results
 
 log = logging.getLogger("tga_zsr")
 TRANSFORMS = ("tga_zsr", "robustvlm")

@@ -10,7 +10,7 @@ is named in the config (`hidden_act`: `quick_gelu` for OpenAI's CLIP and what is
 from it). Key names were recorded from transformers 5.24 (`tests/test_weight_formats.py` keeps
 the list); older versions add `position_ids` buffers, which are dropped.
 
-    from hf_clip import open_clip_config, convert_state_dict
+    from engine.hf_clip import open_clip_config, convert_state_dict
     cfg = open_clip_config(json.load(open("folder/config.json")))
     state = convert_state_dict(safetensors.torch.load_file("folder/model.safetensors"))
 """

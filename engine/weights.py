@@ -7,7 +7,7 @@ dicts. Folders (`read_weights_folder`, SPEC §10): open_clip hub folders (`open_
 folders (`config.json` + `model.safetensors` / `pytorch_model.bin`, converted by `hf_clip.py`).
 Pickled files are read with `weights_only=True`.
 
-    from weight_files import read_weights_file, read_weights_folder, save_clip
+    from engine.weights import read_weights_file, read_weights_folder, save_clip
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import OPENAI_ONLY_KEYS, atomic_save, load_file, strip_prefix
-from hf_clip import convert_state_dict, is_transformers_config, open_clip_config
+from engine.checkpoint import OPENAI_ONLY_KEYS, atomic_save, load_file, strip_prefix
+from engine.hf_clip import convert_state_dict, is_transformers_config, open_clip_config
 
 HUB_CONFIG, HUB_WEIGHTS = "open_clip_config.json", ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 HF_CONFIG, HF_WEIGHTS = "config.json", ("model.safetensors", "pytorch_model.bin")

@@ -1,0 +1,1 @@
+"""The library under the entry scripts: settings, model, weights, training loop, evaluation."""
