@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,6 +32,17 @@ import torch.nn.functional as F
 NORMS = ("l_inf", "l_2")
 ATTACKS = ("pgd", "cw", "autoattack")
 log = logging.getLogger("tga_zsr")
+
+
+@dataclass(frozen=True)
+class PGDSettings:
+    """One PGD attack. ε and step size in pixel units (the command line's 1/255 units ÷ 255);
+    `momentum` > 0: the momentum-on-the-sign step of FARE's inner attack."""
+    eps: float
+    step_size: float
+    steps: int
+    norm: str = "l_inf"
+    momentum: float = 0.0
 
 
 @contextlib.contextmanager

@@ -48,17 +48,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 import datasets
 from attacks import no_param_grad, pgd
-from engine.model import build_model, load_clip
-from engine.device import autocast, make_scaler, resolve_device, resolve_precision, seed_everything
 from doctor import estimate_hours, peak_tflops
-from engine.evaluate import attack_batch, eval_settings
-from methods import TrainingSetup, available_methods, build_method, get_method
-from engine.settings import parse_args
-from engine.train import Trainer, build_optimizer, trainable_parameters
+from engine.device import autocast, forward_flops, make_scaler, resolve_device, resolve_precision, seed_everything
+from engine.evaluate import attack_batch
+from engine.model import build_model, load_clip
+from engine.settings import Settings, parse_args
+from engine.train import Trainer, build_method, build_optimizer, trainable_parameters
+from methods import TrainingSetup, available_methods
 
 
 def timed(fn, reps: int, warmup: int, device) -> float:
@@ -76,15 +75,9 @@ def timed(fn, reps: int, warmup: int, device) -> float:
     return statistics.median(times)
 
 
-def forward_flops(model, x) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.image_tokens(x)
-    return counter.get_total_flops()
-
-
-def method_args(method: str, *extra: str):
-    """The flags of `method` at its own config's values (the GPU protocol), plus `extra`."""
-    return parse_args(["--Method", method, "--device", "cpu", *extra])
+def method_settings(method: str, *extra: str) -> Settings:
+    """The settings of `method` at its own config's values (the GPU protocol), plus `extra` flags."""
+    return Settings.from_args(parse_args(["--Method", method, "--device", "cpu", *extra]))
 
 
 def bench_one(model, n_classes: int, args, device, precision: str) -> dict:
@@ -98,7 +91,7 @@ def bench_one(model, n_classes: int, args, device, precision: str) -> dict:
     optimizer = torch.optim.SGD(visual_params, lr=1e-12, momentum=0.9)  # tiny lr: weights stay put
     scaler = make_scaler(device, precision)
     step_flags = ["--train_numsteps", str(k), "--Alpha", "0.08", "--Beta", "0.05", "--Distance_metric", "l2"]
-    method = build_method(method_args(args.method, *step_flags), model, text)
+    method = build_method(method_settings(args.method, *step_flags), model, text)
     if args.compile:  # in place, after the frozen copy (each tower compiles its own weights)
         for tower in (model.image_tower, method.frozen):
             if tower is not None:
@@ -139,8 +132,8 @@ def bench_one(model, n_classes: int, args, device, precision: str) -> dict:
     floor = 2 * k + 7 if method.needs_frozen else 2 * k + 3
     cached = None
     if method.needs_frozen:
-        cached = type(method)(method_args(args.method, *step_flags, "--cache_frozen_maps"),
-                              method_setup(method, b))
+        options = method_settings(args.method, *step_flags, "--cache_frozen_maps").method.options
+        cached = type(method)(method_setup(method, b), **options)
         train_step(cached)()  # the first epoch fills the cache
 
     def as_eval(fn):
@@ -203,7 +196,7 @@ def b_img_s(batch: int, r: dict) -> float:
 
 def method_setup(method, n_train: int):
     """The TrainingSetup `method` was built with, for a second instance sharing its towers."""
-    return TrainingSetup(method.model, method.text, method.frozen, n_train=n_train)
+    return TrainingSetup(method.model, method.text, method.attack, method.frozen, n_train=n_train)
 
 
 def per_method(a) -> None:
@@ -221,12 +214,12 @@ def per_method(a) -> None:
     prompts = [f"This is a photo of a {n}" for n in names]
     for name in a.methods:
         model = copy.deepcopy(base)
-        args = method_args(name)
+        s = method_settings(name)
         with torch.no_grad():
             text = model.encode_text(prompts)
-        method = build_method(args, model, text, prompts, names)
-        opt = build_optimizer(args, trainable_parameters(model, method.trains, args.last_num_ft,
-                                                         method.trainable_extra()))
+        method = build_method(s, model, text, prompts, names)
+        opt = build_optimizer(s.train, trainable_parameters(model, method.trains, s.train.last_num_ft,
+                                                            method.trainable_extra()))
         times = []
         for i in range(a.steps + 1):
             t0 = time.perf_counter()
@@ -236,7 +229,7 @@ def per_method(a) -> None:
             opt.step()
             if i > 0:
                 times.append(time.perf_counter() - t0)
-        steps = 0 if method.attack.off else method.attack.steps
+        steps = 0 if method.attack.off else method.attack.settings.steps
         print(f"| {name} | {steps} | {sum(times) / len(times):.2f} |", flush=True)
     print(f"# load average at end {os.getloadavg()[0]:.1f}")
 
@@ -254,26 +247,26 @@ def peak_memory_gb(device) -> float:
 
 def measure_cost(argv: list[str], batches: int = 5, warmup: int = 1) -> dict:
     """Table 8 for one run of these tga_zsr.py flags, on this device (see the module docstring)."""
-    args = parse_args(argv)
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
-    seed_everything(args.seed)
-    cls = get_method(args.Method or "tga_zsr", args.atten_methods)
-    model = build_model(args, device)
+    s = Settings.from_args(parse_args(argv))
+    device = resolve_device(s.run.device)
+    precision = resolve_precision(s.run.precision, device)
+    seed_everything(s.train.seed)
+    cls = s.method.cls
+    model = build_model(s.model, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    rec = {"method": cls.name, "arch": str(args.arch), "device_name": name, "precision": precision,
-           "batch_size": args.batch_size, "test_batch_size": args.test_batch_size, "measured_batches": batches,
+    rec = {"method": cls.name, "arch": str(s.model.arch), "device_name": name, "precision": precision,
+           "batch_size": s.train.batch_size, "test_batch_size": s.eval.test_batch_size, "measured_batches": batches,
            "train_s_per_batch": None, "train_s_per_epoch": None, "train_peak_mem_gb": None}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    if cls.trains != "nothing" and args.epochs > 0:
-        data = datasets.get_dataset(args.dataset, args.root, "train")
+    if cls.trains != "nothing" and s.train.epochs > 0:
+        data = datasets.get_dataset(s.train.dataset, s.train.root, "train")
         with torch.no_grad():
             text = model.encode_text(data.prompts)
-        method = build_method(args, model, text, list(data.prompts), list(data.classnames), len(data))
+        method = build_method(s, model, text, list(data.prompts), list(data.classnames), len(data))
         with tempfile.TemporaryDirectory() as tmp:
-            trainer = Trainer(args, model, method, data, Path(tmp), device, method.precision or precision)
+            trainer = Trainer(s.train, model, method, data, Path(tmp), device, method.precision or precision)
         times = []
         for i, (x, y, idx, _) in enumerate(trainer.loader()):
             x, y = datasets.images_to(x, device, data.on_device), y.to(device)
@@ -290,13 +283,14 @@ def measure_cost(argv: list[str], batches: int = 5, warmup: int = 1) -> dict:
             rec.update(train_s_per_batch=statistics.median(times), steps_per_epoch=trainer.steps_per_epoch,
                        train_s_per_epoch=statistics.median(times) * trainer.steps_per_epoch,
                        train_peak_mem_gb=peak_memory_gb(device), measured_batches=len(times))
-    test = datasets.get_dataset(args.testdata[0], args.root, "test")
-    test = datasets.class_balanced_subset(test, args.test_batch_size, args.seed)
-    x, y = next(iter(torch.utils.data.DataLoader(test.dataset, batch_size=args.test_batch_size)))
+    e = s.eval
+    test = datasets.get_dataset(e.testdata[0], e.root, "test")
+    test = datasets.class_balanced_subset(test, e.test_batch_size, e.seed)
+    x, y = next(iter(torch.utils.data.DataLoader(test.dataset, batch_size=e.test_batch_size)))
     x, y, idx = datasets.images_to(x, device), y.to(device), torch.arange(len(y))
     with torch.no_grad():
         text = model.encode_text(test.prompts)
-    settings = eval_settings(args, "cost", precision)
+    settings = e.setting(e.test_eps[0], "cost", precision)
     model.eval()
     with no_param_grad(model):
         for k in range(2):  # a warm-up batch, then the measured one

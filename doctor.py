@@ -48,8 +48,8 @@ from datasets import TEST_DATASETS, to_unit
 from datasets.catalog import expected_count
 from datasets.pil_resize import PilResizeCenterCrop
 from engine.device import autocast, compile_module, make_scaler, resolve_device
-from methods import build_method
-from engine.settings import parse_args
+from engine.train import build_method
+from engine.settings import Settings, parse_args
 from engine.train import build_optimizer, trainable_parameters
 
 ROOT = Path(__file__).resolve().parent
@@ -92,12 +92,12 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def tiny_method(device, name: str = "tga_zsr", *extra: str):
     torch.manual_seed(0)
     model = load_clip("tiny-vit", None, device=device)
-    args = parse_args(["-c", "configs/synthetic.yaml", "--Method", name, "--device", "cpu", "--optimizer", "sgd",
-                       *extra])
+    s = Settings.from_args(parse_args(["-c", "configs/synthetic.yaml", "--Method", name, "--device", "cpu",
+                                       "--optimizer", "sgd", *extra]))
     with torch.no_grad():
         text = model.encode_text(PROMPTS)
-    method = build_method(args, model, text, PROMPTS, [f"thing{i}" for i in range(6)], n_train=8)
-    return model, method, args
+    method = build_method(s, model, text, PROMPTS, [f"thing{i}" for i in range(6)], n_train=8)
+    return model, method, s
 
 
 def batch(device, n: int = 4, size: int = 32):
@@ -208,11 +208,11 @@ def check_compile(r: Report, device) -> None:
         losses = []
         for compiled in (False, True):
             torch._dynamo.reset()
-            model, method, args = tiny_method(device, name)
+            model, method, s = tiny_method(device, name)
             if compiled:
                 for tower in (model.image_tower, method.frozen):
                     compile_module(tower, backend=backend)
-            opt = build_optimizer(args, trainable_parameters(model, method.trains))
+            opt = build_optimizer(s.train, trainable_parameters(model, method.trains))
             x, y = batch(device)
             run = []
             for _ in range(2):
@@ -273,12 +273,12 @@ def peak_tflops(device, given: float | None) -> float | None:
 def measure_vit(r: Report, device, precision: str, train_batch: int, test_batch: int, peak: float | None) -> dict:
     torch.manual_seed(0)
     model = load_clip("ViT-B-32", None, device=device)
-    args = parse_args(["--Method", "tga_zsr", "--device", "cpu"])
+    s = Settings.from_args(parse_args(["--Method", "tga_zsr", "--device", "cpu"]))
     prompts = [f"This is a photo of a class{i}" for i in range(200)]
     with torch.no_grad():
         text = model.encode_text(prompts)
-    method = build_method(args, model, text, prompts, [f"class{i}" for i in range(200)])
-    opt = build_optimizer(args, trainable_parameters(model, method.trains))
+    method = build_method(s, model, text, prompts, [f"class{i}" for i in range(200)])
+    opt = build_optimizer(s.train, trainable_parameters(model, method.trains))
     scaler = make_scaler(device, precision)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(train_batch, 3, 224, 224, generator=g).to(device)

@@ -32,11 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import tga_zsr
+from methods import MINI_LR_FACTOR
 from reports.paper_runs import (Run, add_evaluation, device_type, estimate, eval_status, flags_to_argv, make_run,
                         missing_data, results_of, training_state)
 from reports.paper_tables import (DeclarationError, build_view, directions, has_mini, load_declaration, load_paper_numbers,
                           load_protocols, table_ids, trade_off_figure, view_evals, write_outputs)
-from engine.results import group_title, read_jsonl
+from reports.tables import group_title
+from engine.results import read_jsonl
 
 ROOT = Path(__file__).resolve().parent
 
@@ -65,7 +67,7 @@ def build_plan(ids: list[str], mini: bool, seeds=None, extra=(), out=None, dev_t
     proto = load_protocols()["mini" if mini else "full"]
     plan = Plan("mini" if mini else "full", Path(out or proto["output"]))
     base = (["-c", str(ROOT / proto["config"])] if proto.get("config") else []) + flags_to_argv(proto.get("flags"))
-    default_dataset = make_run(base + ["--Method", "clip"], "protocols.yaml", None).args.dataset
+    default_dataset = make_run(base + ["--Method", "clip"], "protocols.yaml", None).settings.train.dataset
     for tid in ids:
         decl = load_declaration(tid)
         if mini and not has_mini(decl):
@@ -76,8 +78,8 @@ def build_plan(ids: list[str], mini: bool, seeds=None, extra=(), out=None, dev_t
         needed = list(dict.fromkeys(e for v in decl.get("views", []) if v["layout"] != "cost" for e in view_evals(v)))
         for row in decl["rows"]:
             flags = {**row.get("flags", {}), **(row.get("mini_flags", {}) if mini else {})}
-            if mini and proto.get("lr_factor") and "learning_rate" in flags:  # the mini world's rule: paper rate × 100
-                flags["learning_rate"] = float(f"{float(flags['learning_rate']) * proto['lr_factor']:.12g}")
+            if mini and "learning_rate" in flags:  # the mini world's rule: the paper's rate × 100
+                flags["learning_rate"] = float(f"{float(flags['learning_rate']) * MINI_LR_FACTOR:.12g}")
             row_seeds = seeds or (proto["seeds"] if mini else row.get("seeds", proto["seeds"]))
             where = f"{decl['path']}, row '{row['label']}'"
             by_eval = plan.cells.setdefault(decl["id"], {}).setdefault(row["label"], {})
@@ -95,7 +97,7 @@ def build_plan(ids: list[str], mini: bool, seeds=None, extra=(), out=None, dev_t
                 run.rows.append((decl["id"], row["label"], seed))
                 for name in needed:
                     spec = decl["evals"][name]
-                    ev_flags = {**proto["eval"], **spec.get("flags", {}), **(spec.get("mini", {}) if mini else {})}
+                    ev_flags = {**spec.get("flags", {}), **(spec.get("mini", {}) if mini else {})}
                     ev, names = add_evaluation(run, flags_to_argv(ev_flags) + list(extra), where)
                     by_eval.setdefault(name, []).append((run.key, ev.key))
                     plan.datasets_of.setdefault(decl["id"], {}).setdefault(name, names)
@@ -138,7 +140,7 @@ def print_plan(plan: Plan, st: dict, root_of) -> None:
     needs = set()
     for key, run in plan.runs.items():
         if st["runs"][key]["train"][0] in ("todo", "partial"):
-            needs.add((run.args.dataset, "train"))
+            needs.add((run.settings.train.dataset, "train"))
         for ek, ev in run.evals.items():
             needs.update((d, "test") for d in st["runs"][key]["evals"][ek][1])
     problems = missing_data(sorted(needs), root_of)
@@ -374,7 +376,7 @@ def print_list() -> None:
         tid = decl["id"]
         runs = [r for r in full.runs.values() if tid in r.tables]
         shared = [r for r in runs if len(r.tables) > 1]
-        data = sorted({str(r.args.dataset) for r in runs if r.trains}
+        data = sorted({str(r.settings.train.dataset) for r in runs if r.trains}
                       | {d for ds in full.datasets_of.get(tid, {}).values() for d in ds})
         evals = "; ".join(f"{n}: {full.titles[tid][n]}" for n in full.titles.get(tid, {}))
         print(f"{tid}: {decl['title']}\n    varies: {decl.get('varies', '')}")
@@ -408,7 +410,7 @@ def main(argv=None) -> int:
     if opts.only:
         return 0 if execute(opts.only, plan, opts.device) else 1
     st = status(plan, dev_type)
-    root_of = (lambda name: next((r.args.root for r in plan.runs.values()), "./data"))
+    root_of = (lambda name: next((r.settings.train.root for r in plan.runs.values()), "./data"))
     if opts.plan:
         print_plan(plan, st, root_of)
         return 0

@@ -35,12 +35,13 @@ import torch
 import datasets
 from attacks import no_param_grad
 from attention import text_guided_attention
-from engine.checkpoint import load_visual_weights, resolve_checkpoint
+from engine.weights import load_visual_weights
+from engine.checkpoint import resolve_checkpoint
 from engine.model import build_model
 from engine.device import resolve_device, seed_everything
 from engine.evaluate import attack_batch
 from methods import method_label
-from engine.settings import parse_args
+from engine.settings import Settings, parse_args
 from reports.plots import STYLE, make_trade_off, plot_loss_curve, pyplot, save_figure
 
 log = logging.getLogger("tga_zsr")
@@ -53,26 +54,24 @@ MAP_CMAP = "jet"
 
 
 # --- models ------------------------------------------------------------------------------------
-def run_args(resume: str | None, overrides: dict | None = None) -> argparse.Namespace:
-    """The run's resolved flags (parser < method config < the run's args.yaml), then `overrides`."""
+def run_settings(resume: str | None, overrides: dict | None = None) -> Settings:
+    """The run's resolved settings (its args.yaml over the defaults), then `overrides` (flag: value)."""
     args = parse_args(["--resume", str(resume)] if resume else [])
     for k, v in (overrides or {}).items():
         if v is not None:
             setattr(args, k, v)
-    if isinstance(args.test_eps, (list, tuple)):  # --test_eps may list several budgets: the figure uses the first
-        args.test_eps = float(args.test_eps[0])
-    return args
+    return Settings.from_args(args)
 
 
-def original_model(args, device) -> torch.nn.Module:
+def original_model(s: Settings, device) -> torch.nn.Module:
     """The model a run started from: seeded and built exactly as tga_zsr.main does it."""
-    seed_everything(args.seed)
-    return build_model(args, device)
+    seed_everything(s.train.seed)
+    return build_model(s.model, device)
 
 
-def load_models(resume: str, args, device):
+def load_models(resume: str, s: Settings, device):
     """(original, fine-tuned) in eval mode; the fine-tuned one has `resume`'s visual tower."""
-    original = original_model(args, device).eval()
+    original = original_model(s, device).eval()
     finetuned = copy.deepcopy(original)
     fmt = load_visual_weights(finetuned, resolve_checkpoint(resume))
     log.info(f"fine-tuned weights from {resolve_checkpoint(resume)} ({fmt})")
@@ -196,22 +195,24 @@ def make_attention_grid(resume: str, dataset: str | None = None, root: str | Non
                         pretrained: str | None = None, device: str = "auto", out: str | None = None,
                         dpi: int = 150, attack_original: bool = False, png_colors: int = 0) -> list[Path]:
     """Build both models from the run, attack, draw and save `attention_grid.png/.pdf`."""
-    args = run_args(resume, {"arch": arch, "pretrained": pretrained, "root": root, "test_eps": eps,
-                             "test_numsteps": steps, "test_stepsize": step_size, "norm": norm})
+    s = run_settings(resume, {"arch": arch, "pretrained": pretrained, "root": root, "test_eps": eps,
+                              "test_numsteps": steps, "test_stepsize": step_size, "norm": norm})
+    e = s.eval
     dev = resolve_device(device)
-    dataset = dataset or list(args.testdata)[0]
-    data = datasets.get_dataset(dataset, args.root, split)
-    original, finetuned = load_models(resume, args, dev)
-    settings = {"attack": "pgd", "norm": args.norm, "eps": args.test_eps, "steps": args.test_numsteps,
-                "step_size": args.test_stepsize, "seed": args.seed}
+    dataset = dataset or list(e.testdata)[0]
+    data = datasets.get_dataset(dataset, e.root, split)
+    original, finetuned = load_models(resume, s, dev)
+    eps = e.test_eps[0]  # --test_eps may list several budgets: the figure uses the first
+    settings = {"attack": "pgd", "norm": e.norm, "eps": eps, "steps": e.test_numsteps,
+                "step_size": e.test_stepsize, "seed": e.seed}
     indices = pick_indices(len(data.dataset), n_images, image_seed)
     rows = attention_rows(original, finetuned, data, indices, settings, dev, attack_original)
     ckpt = resolve_checkpoint(resume)
     run_label = ckpt.parent.name if ckpt.name == "last.pt" else ckpt.name
-    start = ("its random initial weights, seed " + str(args.seed) if str(args.pretrained).lower() in ("none", "")
-             else f"pretrained {args.pretrained}")
+    start = ("its random initial weights, seed " + str(e.seed) if str(e.pretrained).lower() in ("none", "")
+             else f"pretrained {e.pretrained}")
     title = f"{data.name}: original model ({start}) vs fine-tuned {run_label}"
-    fig = draw_attention_grid(rows, data.classnames, args.test_eps, args.test_numsteps, title, attack_original)
+    fig = draw_attention_grid(rows, data.classnames, eps, e.test_numsteps, title, attack_original)
     out_dir = Path(out) if out else ckpt.parent
     paths = save_figure(fig, out_dir, "attention_grid", dpi, png_colors=png_colors)
     log.info(f"attention grid of {len(indices)} {data.name} images -> {paths[0]}")

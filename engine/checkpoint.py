@@ -1,19 +1,14 @@
-"""Checkpoints: our run format (written and read here) and visual-tower weights of every origin.
+"""Our run checkpoint: written atomically, read safely, resumed exactly.
 
-Our checkpoint (`last.pt`, written by `train.Trainer` through `trainable_state` + `atomic_save`) holds the trainable state (`vision_encoder_state_dict`: open_clip /
-OpenAI names of `model.visual`, the key the original TGA-ZSR/TeCoA code uses), prompt
-parameters if any, optimizer, scaler, global step, epoch, RNG states and the args. Everything
-is stored as tensors and plain values, and every checkpoint is read with
-`torch.load(..., weights_only=True)`: no arbitrary object is ever unpickled.
+`last.pt` (written by `engine.train.Trainer` through `trainable_state` + `atomic_save`) holds the
+trainable state (`vision_encoder_state_dict`: open_clip / OpenAI names of `model.visual`, the key
+the original TGA-ZSR/TeCoA code uses), prompt parameters if any, optimizer, scaler, global step,
+epoch, RNG states and the args. Everything is stored as tensors and plain values, and every file
+is read with `torch.load(..., weights_only=True)` (`load_file`): no arbitrary object is ever
+unpickled. Weights of other origins (the original `.pth.tar`, RobustVLM, whole CLIPs, hub and
+transformers folders) are engine/weights.py.
 
-Foreign formats (SPEC §7) load strictly into `model.visual`, with mismatched keys named:
-the original `.pth.tar` (`vision_encoder_state_dict`, or `state_dict` with `module.` /
-`visual.` prefixes), a bare visual `state_dict` (RobustVLM / FARE), a whole-CLIP state dict.
-Whole-CLIP files and folders (what `load_clip` reads) are in `weight_files.py`.
-A visual file whose weights equal the model's before the load is refused: it changes nothing,
-so it is the wrong file or its keys were not the ones meant.
-
-    from engine.checkpoint import load_visual_weights, trainable_state, atomic_save
+    from engine.checkpoint import atomic_save, load_file, trainable_state
 """
 from __future__ import annotations
 
@@ -32,9 +27,6 @@ import torch
 
 
 log = logging.getLogger("tga_zsr")
-# Buffers only OpenAI's own CLIP state dicts carry: their presence means OpenAI weights (QuickGELU).
-OPENAI_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
-
 CHECKPOINT_NAME = "last.pt"
 
 
@@ -186,6 +178,12 @@ def checkpoint_id(path: str | Path, obj=None) -> str:
     return f"{path.name}#{file_digest(path)}"
 
 
+def pretrained_id(pretrained) -> str:
+    """The `checkpoint` an evaluation of pretrained weights alone records: the file's id, or the tag."""
+    p = Path(str(pretrained))
+    return f"pretrained:{checkpoint_id(p)}" if p.is_file() else f"pretrained:{pretrained}"
+
+
 def resolve_checkpoint(run_or_file: str | Path) -> Path:
     """A run folder means its last.pt; a file is itself."""
     p = Path(run_or_file)
@@ -194,119 +192,6 @@ def resolve_checkpoint(run_or_file: str | Path) -> Path:
     if not p.is_file():
         raise SystemExit(f"--resume {run_or_file}: no checkpoint at {p}")
     return p
-
-
-def strip_prefix(state: dict, prefix: str) -> dict:
-    """Drop `prefix` from every key, if every key has it (DDP's `module.`, a whole CLIP's `visual.`)."""
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
-def extract_visual_state(obj: dict) -> tuple[dict, str]:
-    """Find the visual-tower weights in any supported checkpoint dict. Returns (state, format)."""
-    if "vision_encoder_state_dict" in obj:
-        state, fmt = obj["vision_encoder_state_dict"], "tga_zsr/tecoa (.pth.tar) or this project"
-    elif "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        state, fmt = obj["state_dict"], "checkpoint state_dict"
-    else:
-        state, fmt = obj, "bare state_dict"
-    state = strip_prefix(dict(state), "module.")
-    if any(k.startswith("visual.") for k in state):  # whole-CLIP dict: keep the visual tower
-        state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
-        fmt += " (whole CLIP, visual tower taken)"
-    return state, fmt
-
-
-def check_fits(module: torch.nn.Module, state: dict, source: str, what: str = "visual tower") -> None:
-    """Every missing, unexpected and mis-shaped key named, before anything is loaded."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        raise SystemExit(f"{source} does not fit this model's {what} (wrong --arch?).\n"
-                         f"  missing keys: {missing}\n  unexpected keys: {unexpected}\n  shape mismatches: {shapes}")
-
-
-def load_strict(module: torch.nn.Module, state: dict, source: str, what: str = "visual tower") -> None:
-    """load_state_dict(strict) with an error that names every mismatched key and shape."""
-    check_fits(module, state, source, what)
-    own = module.state_dict()
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
-
-
-load_visual_strict = load_strict
-
-
-def equals_model(module: torch.nn.Module, state: dict) -> bool:
-    """Whether `state` (which fits `module`) holds exactly the weights the module has now."""
-    own = module.state_dict()
-    return all(torch.equal(state[k].to(own[k].dtype), own[k]) for k in own)
-
-
-def trained_activation(obj: dict) -> tuple[bool | None, str]:
-    """(quick_gelu the weights were trained with, or None if the file cannot tell; why)."""
-    meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
-    if meta.get("quick_gelu") is not None:
-        return bool(meta["quick_gelu"]), "its metadata"
-    if "vision_encoder_state_dict" in obj:  # the original code fine-tunes OpenAI's CLIP
-        return True, "the original TGA-ZSR/TeCoA code fine-tunes OpenAI CLIP"
-    inner = obj.get("state_dict") if isinstance(obj.get("state_dict"), dict) else obj
-    if any(k.split(".")[-1] in OPENAI_ONLY_KEYS for k in inner):
-        return True, "it is an OpenAI CLIP state dict"
-    return None, ""
-
-
-def _prompt_tensors(obj: dict) -> list[str]:
-    """Non-empty visual-prompt weights of the original format (`state_dict` = pixel prompter,
-    `add_prompter` = token prompter when `vision_encoder_state_dict` holds the tower)."""
-    if "vision_encoder_state_dict" not in obj:
-        return []
-    names = []
-    for entry in ("state_dict", "add_prompter"):
-        sub = obj.get(entry)
-        if isinstance(sub, dict):
-            names += [f"{entry}.{k}" for k, v in sub.items() if torch.is_tensor(v) and v.numel() > 0]
-    return names
-
-
-def load_visual_weights(model, path: str | Path, obj: dict | None = None) -> str:
-    """Load visual weights of any supported format into `model.visual`; returns the format name.
-
-    Refuses, with a message that says what to do: a file that does not fit the tower (every
-    missing / unexpected / mis-shaped key named), weights trained with the other activation
-    (GELU vs QuickGELU), and original checkpoints with visual prompts this model cannot apply."""
-    obj = load_file(path) if obj is None else obj
-    if not isinstance(obj, dict):
-        raise SystemExit(f"{path}: expected a state dict or a checkpoint dict, got {type(obj).__name__}")
-    act = lambda q: "QuickGELU" if q else "GELU"  # noqa: E731
-    trained_qg, why = trained_activation(obj)
-    if trained_qg is not None and trained_qg != model.quick_gelu:
-        raise SystemExit(f"{path} was trained with {act(trained_qg)} ({why}) but the model uses "
-                         f"{act(model.quick_gelu)}: pick the matching --arch / --pretrained "
-                         f"(OpenAI weights: --pretrained openai, or ViT-B-32-quickgelu)")
-    prompts = _prompt_tensors(obj)
-    if prompts:  # the original prompters' tensors are not mapped onto prompters.py's
-        raise SystemExit(f"{path} holds visual-prompt weights ({', '.join(prompts[:6])}) of the original code, "
-                         f"which this model does not apply; evaluating the tower without them would measure a "
-                         f"different model")
-    state, fmt = extract_visual_state(obj)
-    check_fits(model.visual, state, str(path))
-    trains_more = bool(obj.get("prompter_state_dict") or obj.get("extra_trainable_state"))
-    if not trains_more and equals_model(model.visual, state):
-        raise SystemExit(f"{path} changes nothing: its visual weights equal those of the model it is loaded into "
-                         f"(--arch {model.arch}, --pretrained {model.pretrained}). It is the base model itself, or "
-                         f"the wrong file, or the fine-tuned tensors sit under other keys; check what the file holds "
-                         f"(python -c \"import torch; print(list(torch.load('{path}', weights_only=True)))\")")
-    load_strict(model.visual, state, str(path))
-    if trained_qg is None:
-        log.info(f"{path}: the file does not say which activation it was trained with; the model uses "
-                 f"{act(model.quick_gelu)} (RobustVLM/FARE ViT-B-32 weights are fine-tuned OpenAI CLIP: QuickGELU)")
-    if isinstance(obj, dict):
-        load_prompts_and_extra(model, obj)
-    return fmt
 
 
 def trainable_state(model, extra: dict | None = None) -> dict:

@@ -15,6 +15,7 @@ import random
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 log = logging.getLogger("tga_zsr")
 
@@ -122,3 +123,10 @@ def set_rng_state(state: dict) -> None:
     random.setstate((3, tuple(state["python"]), state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def forward_flops(model, x) -> int:
+    """FLOPs of one no-grad forward of the visual tower on `x` (torch's FlopCounterMode)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.image_tokens(x)
+    return counter.get_total_flops()

@@ -42,8 +42,8 @@ from engine import distributed
 from attacks import (attack_list, autoattack_batch, ce_loss_sum, compiled_linf_update, cw_loss, linf_update,
                      no_param_grad, per_sample_start, pgd)
 from engine.device import autocast, is_compiled, resolve_precision, tf32_active
-from engine.protocols import protocol_label
 from engine.results import append_result, find_done, format_table, read_results
+from engine.settings import EvalSettings
 
 log = logging.getLogger("tga_zsr")
 TRANSFORMS = ("tga_zsr", "robustvlm")
@@ -176,36 +176,15 @@ def evaluate_dataset(model, data, text_features, settings: dict, device, precisi
     return out
 
 
-def eps_values(args) -> list[float]:
-    return [float(e) for e in (args.test_eps if isinstance(args.test_eps, (list, tuple)) else [args.test_eps])]
-
-
-def with_decoded_cache(data, split: str, args):
+def with_decoded_cache(data, split: str, cache_dir: str, workers: int, seed: int):
     """`data` from its decoded cache (`--decoded_cache`): under torchrun rank 0 builds a missing cache
     while the other ranks wait, then every rank maps the same files."""
     if not distributed.is_main():
         distributed.barrier()
-    data = datasets.use_decoded_cache(data, split, args.decoded_cache, args.workers, args.seed)
+    data = datasets.use_decoded_cache(data, split, cache_dir, workers, seed)
     if distributed.is_main():
         distributed.barrier()
     return data
-
-
-def eval_settings(args, checkpoint_desc: str, precision: str, eps: float | None = None,
-                  attack_precision: str | None = None) -> dict:
-    """The settings a results.jsonl row is keyed by (ε and step size in 1/255 units)."""
-    attacks = attack_list(args.attack)
-    steps, step_size = args.test_numsteps, args.test_stepsize
-    if attacks == ["autoattack"]:  # APGD: 100 iterations, adaptive step size (the library's values)
-        steps, step_size = 100, None
-    stride = getattr(args, "batch_stride", 1) or 1
-    return {"attack": ",".join(attacks), "norm": args.norm, "eps": eps_values(args)[0] if eps is None else eps,
-            "steps": steps, "step_size": step_size, "precision": precision,
-            "attack_precision": attack_precision or precision,
-            "aa_version": (getattr(args, "aa_version", None) or "aa-papers") if "autoattack" in attacks else None,
-            "protocol": protocol_label(args), "transform": getattr(args, "transform", None) or "tga_zsr",
-            "batch_stride": f"{stride}x{args.test_batch_size}" if stride > 1 else None,
-            "n_samples": args.n_samples, "seed": args.seed, "checkpoint": checkpoint_desc}
 
 
 def save_adversarial(run_dir: Path, dataset: str, settings: dict, adv: dict) -> Path:
@@ -220,41 +199,40 @@ def save_adversarial(run_dir: Path, dataset: str, settings: dict, adv: dict) -> 
     return path
 
 
-def evaluate_run(args, model, run_dir: Path, checkpoint_desc: str, device, precision: str,
+def evaluate_run(e: EvalSettings, model, run_dir: Path, checkpoint_desc: str, device, precision: str,
                  method: str, label: str) -> list[dict]:
-    """Evaluate on every --testdata and every --test_eps, one results.jsonl line per dataset and ε;
+    """Evaluate on every test dataset and every ε of `e`, one results.jsonl line per dataset and ε;
     skips what is done. Each row carries the settings, the method's name and its display `label`."""
     results_file = Path(run_dir) / "results.jsonl"
     done_rows = distributed.broadcast_from_main(read_results(results_file, log.warning))  # every rank: same sets
     # --tf32 on a GPU is part of the precision a result was measured in (its own table, never skipped as done)
     precision = precision + ("+tf32" if tf32_active(device) else "")
-    attack_precision = resolve_precision(getattr(args, "attack_precision", None) or precision, device)
+    attack_precision = resolve_precision(e.attack_precision or precision, device)
     size = model.image_tower.image_size[0]
     rows = []
-    for eps in eps_values(args):
-        settings = eval_settings(args, checkpoint_desc, precision, eps, attack_precision)
-        for name in args.testdata:
+    for eps in e.test_eps:
+        settings = e.setting(eps, checkpoint_desc, precision, attack_precision)
+        for name in e.testdata:
             canon = datasets.canonical_name(name)
             done = find_done(done_rows, canon, settings)
             if done is not None:
                 log.info(f"{canon} (ε {eps:g}): already evaluated with these settings, skipped")
                 rows.append(done)
                 continue
-            data = datasets.get_dataset(canon, args.root, "test", transform=eval_transform(settings["transform"],
-                                                                                            canon, size))
-            if getattr(args, "decoded_cache", None) and canon == datasets.canonical_name(args.dataset) \
+            data = datasets.get_dataset(canon, e.root, "test", transform=eval_transform(settings["transform"],
+                                                                                         canon, size))
+            if e.decoded_cache and canon == datasets.canonical_name(e.dataset) \
                     and settings["transform"] == "tga_zsr" and size == 224:  # the training set's test split
-                data = with_decoded_cache(data, "test", args)
-            data = datasets.class_balanced_subset(data, args.n_samples, args.seed)
+                data = with_decoded_cache(data, "test", e.decoded_cache, e.workers, e.seed)
+            data = datasets.class_balanced_subset(data, e.n_samples, e.seed)
             with torch.no_grad():
                 text = model.encode_text(data.prompts)
-            res = evaluate_dataset(model, data, text, settings, device, precision, args.test_batch_size, args.workers,
-                                   save_adv=getattr(args, "save_adv", 0) or 0,
-                                   skip_corrupt=getattr(args, "skip_corrupt", False), root=str(args.root))
+            res = evaluate_dataset(model, data, text, settings, device, precision, e.test_batch_size, e.workers,
+                                   save_adv=e.save_adv, skip_corrupt=e.skip_corrupt, root=str(e.root))
             adv = res.pop("adv", None)
             row = {"dataset": canon, **res, **settings, "method": method, "label": label, "run": Path(run_dir).name,
-                   "classes": len(data.classnames), "arch": model.arch, "pretrained": str(args.pretrained),
-                   "batch_size": args.test_batch_size}
+                   "classes": len(data.classnames), "arch": model.arch, "pretrained": str(e.pretrained),
+                   "batch_size": e.test_batch_size}
             if distributed.is_main():
                 append_result(results_file, row)
                 if adv is not None:

@@ -26,8 +26,9 @@ import torch.nn.functional as F
 
 from open_clip.pretrained import download_pretrained_from_hf
 
-from engine.checkpoint import load_strict
-from engine.weights import HUB_CONFIG, read_weights_file, read_weights_folder, weights_folder_kind
+from engine.prompters import install_prompter
+from engine.settings import ModelSettings
+from engine.weights import HUB_CONFIG, load_strict, read_weights_file, read_weights_folder, weights_folder_kind
 
 log = logging.getLogger("tga_zsr")
 
@@ -412,14 +413,23 @@ def load_clip(arch: str = "ViT-B-32", pretrained: str | None = "openai", device=
     return model.to(device)
 
 
-def build_model(args, device) -> ClipModel:
-    """The model a run starts from (`--arch`, `--pretrained`), with an actionable error."""
-    pretrained = None if str(args.pretrained).lower() in ("none", "") else args.pretrained
-    if is_weights_folder(pretrained) and resolve_arch(str(args.arch)) != "ViT-B-32":
-        log.info(f"--pretrained {pretrained} brings its own architecture: --arch {args.arch} is not used")
+def build_model(m: ModelSettings, device) -> ClipModel:
+    """The model a run starts from (`--arch`, `--pretrained`), with an actionable error. Visual prompts
+    (`--adaptation_method VPT`) are installed separately (`install_prompts`): the frozen copy of the
+    original tower some methods need is taken before them."""
+    pretrained = None if str(m.pretrained).lower() in ("none", "") else m.pretrained
+    if is_weights_folder(pretrained) and resolve_arch(str(m.arch)) != "ViT-B-32":
+        log.info(f"--pretrained {pretrained} brings its own architecture: --arch {m.arch} is not used")
     try:
-        model = load_clip(args.arch, pretrained, device=device)
+        model = load_clip(m.arch, pretrained, device=device)
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # wrong arch / activation / file: say so
-        raise SystemExit(f"--arch {args.arch} --pretrained {args.pretrained}: {e}") from e
+        raise SystemExit(f"--arch {m.arch} --pretrained {m.pretrained}: {e}") from e
     log.info(f"model {model.arch} (QuickGELU={model.quick_gelu}) weights={pretrained}")
     return model
+
+
+def install_prompts(model: ClipModel, m: ModelSettings) -> None:
+    """`--adaptation_method VPT`: the visual prompts (engine/prompters.py), which freeze the visual tower.
+    Before training, and before a checkpoint with prompts is loaded."""
+    if m.adaptation_method == "VPT" and model.prompter is None:
+        install_prompter(model, m.pixel_prompt, m.prompt_size, m.add_prompt_size)

@@ -30,6 +30,7 @@ import torchvision
 import yaml
 
 from engine.checkpoint import CHECKPOINT_NAME, load_file, pid_alive, remove_stale_temp_files, resolve_checkpoint
+from engine.settings import Settings, flags_with_role
 from methods import run_name_parts
 
 log = logging.getLogger("tga_zsr")
@@ -39,37 +40,39 @@ def _slug(text) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "-", str(text))
 
 
-def run_name(args, method) -> str:
-    """The default folder name of a training run of `method` (a methods.Method class)."""
-    parts = [method.name, _slug(Path(str(args.arch)).stem), f"lr{args.learning_rate:g}", f"bs{args.batch_size}",
-             f"ep{args.epochs}", f"eps{args.train_eps:g}", *run_name_parts(method, args)]
-    if args.adaptation_method == "VPT":
-        parts.append(f"vpt-{args.pixel_prompt}-p{args.prompt_size}-t{args.add_prompt_size}")
-    parts.append(f"seed{args.seed}")
+def run_name(s: Settings) -> str:
+    """The default folder name of a training run."""
+    m, t = s.model, s.train
+    parts = [s.method.name, _slug(Path(str(m.arch)).stem), f"lr{t.learning_rate:g}", f"bs{t.batch_size}",
+             f"ep{t.epochs}", f"eps{s.values['train_eps']:g}", *run_name_parts(s.method.cls, s.method.options)]
+    if m.adaptation_method == "VPT":
+        parts.append(f"vpt-{m.pixel_prompt}-p{m.prompt_size}-t{m.add_prompt_size}")
+    parts.append(f"seed{t.seed}")
     return "_".join(parts)
 
 
-def prepare_run_dir(args, method) -> tuple[Path, Path | None]:
+def prepare_run_dir(s: Settings) -> tuple[Path, Path | None]:
     """The run folder, and the checkpoint to resume from (or None). Reads, never writes."""
-    if args.resume:
-        ckpt = resolve_checkpoint(args.resume)
+    r = s.run
+    if r.resume:
+        ckpt = resolve_checkpoint(r.resume)
         if ckpt.name == CHECKPOINT_NAME and (ckpt.parent / "args.yaml").exists():
             return ckpt.parent, ckpt
-        if not args.eval_only:
+        if not r.eval_only:
             if ckpt.name == CHECKPOINT_NAME:
                 raise SystemExit(
-                    f"--resume {args.resume}: {ckpt.parent} has {CHECKPOINT_NAME} but no args.yaml (deleted, or not "
+                    f"--resume {r.resume}: {ckpt.parent} has {CHECKPOINT_NAME} but no args.yaml (deleted, or not "
                     f"copied with it), so the run's settings are unknown. Restore it from the checkpoint's own "
                     f"copy of the settings:\n  python -c \"import torch, yaml; a = torch.load('{ckpt}', "
                     f"weights_only=True)['args']; yaml.safe_dump(a, open('{ckpt.parent / 'args.yaml'}', 'w'))\"\n"
                     f"or evaluate the weights alone with --eval_only --resume {ckpt}")
-            raise SystemExit(f"--resume {args.resume} is not a run of this project (no args.yaml beside it); "
+            raise SystemExit(f"--resume {r.resume} is not a run of this project (no args.yaml beside it); "
                              f"to evaluate foreign weights use --eval_only --resume FILE")
-        return Path(args.output_dir) / (args.name or f"eval_{ckpt.stem.replace('.pth', '')}"), ckpt
-    if args.eval_only:  # pretrained weights only (e.g. CLIP itself): named after what is evaluated
-        weights = _slug(Path(str(args.pretrained)).stem.replace(".pth", ""))
-        return Path(args.output_dir) / (args.name or f"eval_{_slug(Path(str(args.arch)).stem)}_{weights}"), None
-    return Path(args.output_dir) / (args.name or run_name(args, method)), None
+        return Path(r.output_dir) / (r.name or f"eval_{ckpt.stem.replace('.pth', '')}"), ckpt
+    if r.eval_only:  # pretrained weights only (e.g. CLIP itself): named after what is evaluated
+        weights = _slug(Path(str(s.model.pretrained)).stem.replace(".pth", ""))
+        return Path(r.output_dir) / (r.name or f"eval_{_slug(Path(str(s.model.arch)).stem)}_{weights}"), None
+    return Path(r.output_dir) / (r.name or run_name(s)), None
 
 
 def refuse_to_overwrite(run_dir: Path) -> None:
@@ -82,15 +85,12 @@ def refuse_to_overwrite(run_dir: Path) -> None:
                          f"--resume {run_dir}, or pick another --name / --output_dir.")
 
 
-# What the checkpoint's model is made of: a resumed run must be rebuilt the same way.
-MODEL_SETTINGS = ("Method", "arch", "adaptation_method", "pixel_prompt", "prompt_size", "add_prompt_size")
-
-
-def check_resume(args, ckpt: dict, path: Path) -> None:
-    """Refuse to continue a checkpoint with a model other than the one it trained (an edited args.yaml)."""
+def check_resume(values: dict, ckpt: dict, path: Path) -> None:
+    """Refuse to continue a checkpoint with a model other than the one it trained (an edited args.yaml):
+    the method and every flag of the `model` role must be those the checkpoint was trained with."""
     saved = ckpt.get("args") if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), dict) else {}
-    diff = [f"{k}: {saved[k]!r} in the checkpoint, {getattr(args, k, None)!r} now" for k in MODEL_SETTINGS
-            if k in saved and saved[k] != getattr(args, k, None)]
+    diff = [f"{k}: {saved[k]!r} in the checkpoint, {values.get(k)!r} now" for k in ["Method", *flags_with_role("model")]
+            if k in saved and saved[k] != values.get(k)]
     if diff:
         raise SystemExit(f"--resume {path}: the checkpoint was trained with other settings than args.yaml and the "
                          f"command line give ({'; '.join(diff)}). A resumed run keeps the model it started with: "
@@ -213,13 +213,13 @@ def environment() -> dict:
     }
 
 
-def write_run_header(run_dir: Path, args) -> None:
+def write_run_header(run_dir: Path, values: dict, eval_only: bool = False) -> None:
     """args.yaml and environment.json, before any work. An evaluation of a training run keeps the
     run's own args.yaml (what --resume continues from) and writes eval_args.yaml beside it."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    prefix = "eval_" if args.eval_only and (run_dir / "args.yaml").exists() else ""
+    prefix = "eval_" if eval_only and (run_dir / "args.yaml").exists() else ""
     with open(run_dir / f"{prefix}args.yaml", "w") as f:
-        yaml.safe_dump(vars(args), f, sort_keys=True)
+        yaml.safe_dump(values, f, sort_keys=True)
     (run_dir / f"{prefix}environment.json").write_text(json.dumps(environment(), indent=2))
 
 

@@ -1,157 +1,178 @@
-"""Command-line flags of tga_zsr.py, with the original code's names and defaults (SPEC §8).
+"""The command line of tga_zsr.py, read once into small typed settings that the library takes.
 
-Defaults are layered: parser defaults < `configs/<method>.yaml` of the chosen `--Method` <
-the resumed run's `args.yaml` < the protocol (`--protocol NAME`: configs/protocols/NAME.yaml) <
-the file given with `-c/--config` < the mini learning rate
-(`--mini_lr`) < flags on the command line (the CLI always wins). ε and step sizes are in 1/255
-units, as floats. Each method adds its own flags (methods.py `flags`): this file never changes
+Flag names and defaults are the original TGA-ZSR.py's (users copy the paper's commands), and the
+defaults are the paper's protocol: TGA-ZSR's training on TinyImageNet and PGD-100 at ε = 1/255 on
+the 16 test sets. ε and step sizes are in 1/255 units. Three layers, each over the one before:
+
+1. built-in defaults: each flag's default, then the chosen method's `configs/<method>.yaml` (its
+   row of the paper's table); when resuming, the run's own `args.yaml` on top;
+2. YAML files you name: `--protocol NAME` (`configs/protocols/NAME.yaml`), then `-c FILE`;
+3. the command line, which always wins. (`--mini_lr` puts the method's mini-world learning rate
+   in place of the YAML one, unless `--learning_rate` is given.)
+
+Every flag has a role (`ROLES`), declared where the flag is: what the model is made of (`model`),
+what changes the trained weights (`train`), what only the evaluation reads (`eval`), or how this
+process runs (`run`); `once` flags belong to one invocation and are never taken from a resumed
+run's args.yaml. The lists other modules need (a run's identity, the checks of a resumed run) are
+derived from these roles. Each method declares its own flags (methods/): this file never changes
 for a new method.
 
-    python tga_zsr.py -c configs/synthetic.yaml
-    python tga_zsr.py --Method TGA-ZSR --Alpha 0.08 --Beta 0.05
+    args = parse_args(["--Method", "TGA-ZSR", "--Alpha", "0.1"])   # the namespace, written to args.yaml
+    s = Settings.from_args(args)                                    # what the library takes
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-from attacks import AA_VERSIONS, attack_list
+from attacks import AA_VERSIONS, PGDSettings, attack_list
 from datasets import TEST_DATASETS, DatasetError, canonical_name, default_workers
-from engine.protocols import load_protocol, protocol_names
 from methods import DEFAULT_METHOD_NAME, MINI_LR_FACTOR, canonical_method, get_method, method_flags
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-# Flags that describe this invocation, not the run: never taken from a run's args.yaml.
-PER_INVOCATION = {"resume", "eval_only", "table", "max_steps", "config", "device", "gpu", "no_eval", "dist_timeout",
-                  "compile", "save_adv", "leaderboard", "export", "format", "export_dir"}
+PROTOCOL_DIR = CONFIG_DIR / "protocols"
+ROLES = ("model", "train", "eval", "run")
 # Keys of older args.yaml / config files under their current names (the flags keep both spellings).
 RENAMED_KEYS = {"method": "pixel_prompt", "VPbaseline": "train_on_clean"}
 
 
+def add(group, *names, role: str, once: bool = False, **kwargs) -> argparse.Action:
+    """`group.add_argument` with the flag's role (see the module docstring)."""
+    action = group.add_argument(*names, **kwargs)
+    action.role, action.once = role, once
+    return action
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("TGA-ZSR: text-guided attention for zero-shot robustness", add_help=True)
-    p.add_argument("-c", "--config", default=None, help="YAML file of defaults (the CLI wins)")
+    p = argparse.ArgumentParser("tga_zsr.py", description="TGA-ZSR: adversarial fine-tuning of CLIP with "
+                                "text-guided attention, and every baseline; then zero-shot evaluation")
+    add(p, "-c", "--config", role="run", once=True, default=None,
+        help="YAML file of flag values (over the method's configs/<method>.yaml; the command line wins)")
 
     g = p.add_argument_group("Method")
-    g.add_argument("--Method", default=None, help=f"method of the registry (default {DEFAULT_METHOD_NAME}; TGA-ZSR, "
-                                                  "TeCoA, FARE, ...); its own flags are in the groups below")
-    g.add_argument("--train_on_clean", "--VPbaseline", dest="train_on_clean", action="store_true",
-                   help="train on clean images instead of PGD images (the original's --VPbaseline)")
-    g.add_argument("--mini_lr", action="store_true",
-                   help=f"the method's mini-benchmark learning rate (its paper rate × {MINI_LR_FACTOR}, unless "
-                        "the method sets its own); --learning_rate on the command line still wins")
+    add(g, "--Method", role="train", default=None,
+        help=f"method of the registry (default {DEFAULT_METHOD_NAME}; TGA-ZSR, TeCoA, FARE, ...; methods/); its own "
+             "flags are in the groups below, its paper row's settings in configs/<method>.yaml")
+    add(g, "--atten_methods", role="train", default="text", choices=["text", "visual"],
+        help="TGA-ZSR's attention maps: text-guided, or Grad-CAM ('visual': the Vision-based row of Table 5)")
+    add(g, "--train_on_clean", "--VPbaseline", dest="train_on_clean", role="train", action="store_true",
+        help="train on clean images instead of PGD images (the original's --VPbaseline)")
+    add(g, "--mini_lr", role="run", action="store_true",
+        help=f"the method's mini-world learning rate (its paper rate × {MINI_LR_FACTOR}, unless the method sets "
+             "its own); --learning_rate on the command line still wins")
 
     g = p.add_argument_group("Model")
-    g.add_argument("--arch", default="vit_b32", help="vit_b32 or any open_clip model name / config json")
-    g.add_argument("--pretrained", default="openai", help="open_clip tag, local weights file, or 'none'")
-    g.add_argument("--image_size", type=int, default=224, help="input size of the datasets' transforms")
-    g.add_argument("--last_num_ft", type=int, default=0, help="train only the last N parameter tensors (0: all)")
-    g.add_argument("--adaptation_method", default="FT", choices=["FT", "VPT"], help="fine-tune, or prompt-tune")
-    g.add_argument("--pixel_prompt", "--method", dest="pixel_prompt", default="null_patch",
-                   choices=["padding", "random_patch", "fixed_patch", "null_patch"],
-                   help="pixel prompt of VPT (the original's --method)")
-    g.add_argument("--prompt_size", type=int, default=30, help="pixel prompt width (VPT)")
-    g.add_argument("--add_prompt_size", type=int, default=0, help="number of learnable prompt tokens (VPT)")
+    add(g, "--arch", role="model", default="vit_b32", help="vit_b32 or any open_clip model name / config json")
+    add(g, "--pretrained", role="model", default="openai",
+        help="open_clip tag, local weights file, weights folder, hf-hub:org/name, or 'none'")
+    add(g, "--image_size", role="model", type=int, default=224, help="input size of the datasets' transforms")
+    add(g, "--adaptation_method", role="model", default="FT", choices=["FT", "VPT"],
+        help="fine-tune the visual tower, or train visual prompts only (TeCoA w/ prompting)")
+    add(g, "--pixel_prompt", "--method", dest="pixel_prompt", role="model", default="null_patch",
+        choices=["padding", "random_patch", "fixed_patch", "null_patch"],
+        help="pixel prompt of VPT (the original's --method)")
+    add(g, "--prompt_size", role="model", type=int, default=30, help="pixel prompt width (VPT)")
+    add(g, "--add_prompt_size", role="model", type=int, default=0, help="number of learnable prompt tokens (VPT)")
 
-    g = p.add_argument_group("Data")
-    g.add_argument("--dataset", default="tinyImageNet", help="training dataset")
-    g.add_argument("--root", default="./data", help="folder that holds the datasets")
-    g.add_argument("--testdata", nargs="+", default=list(TEST_DATASETS), help="zero-shot test datasets")
-    g.add_argument("--n_samples", type=int, default=0, help="seeded class-balanced test subset size (0: all)")
-    g.add_argument("--workers", type=int, default=default_workers(),
-                   help="data loader workers per process (default: the CPUs per torchrun process of this node, at most 8)")
-    g.add_argument("--skip_corrupt", action="store_true",
-                   help="leave out images that cannot be decoded, with a warning naming each (counted in "
-                        "results.jsonl and the table); without it the run stops at the first one, naming it")
-    g.add_argument("--decoded_cache", default=None, metavar="DIR",
-                   help="read the training set (and the test set of the same name) from uint8 arrays decoded "
-                        "once into DIR (built on first use: TinyImageNet train 1.2 GB), with Resize(256) + "
-                        "CenterCrop(224) done on the device, bit-identical to PIL's: the loader is never the "
-                        "bottleneck on a GPU (README \"Running on GPUs\")")
+    g = p.add_argument_group("Training data")
+    add(g, "--dataset", role="train", default="tinyImageNet", help="training dataset")
+    add(g, "--root", role="run", default="./data", help="folder that holds the datasets (datasets/README.md)")
+    add(g, "--workers", role="run", type=int, default=default_workers(),
+        help="data loader workers per process (default: the CPUs per torchrun process of this node, at most 8)")
+    add(g, "--skip_corrupt", role="train", action="store_true",
+        help="leave out images that cannot be decoded, with a warning naming each (counted in results.jsonl and "
+             "the table); without it the run stops at the first one, naming it")
+    add(g, "--decoded_cache", role="run", default=None, metavar="DIR",
+        help="read the training set (and the test set of the same name) from uint8 arrays decoded once into DIR "
+             "(built on first use: TinyImageNet train 1.2 GB), with Resize(256) + CenterCrop(224) done on the "
+             "device, bit-identical to PIL's (docs: running on GPUs)")
 
     g = p.add_argument_group("Optimizer and schedule")
-    g.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
-    g.add_argument("--learning_rate", type=float, default=1e-4)
-    g.add_argument("--batch_size", type=int, default=128,
-                   help="global batch: split over the torchrun processes and --accum_steps micro-batches")
-    g.add_argument("--accum_steps", type=int, default=1,
-                   help="gradient accumulation: micro-batches per optimiser step (same maths, less memory)")
-    g.add_argument("--epochs", type=int, default=10)
-    g.add_argument("--max_steps", type=int, default=0, help="stop after this many steps (0: whole schedule)")
-    g.add_argument("--warmup", type=int, default=1000)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight_decay", type=float, default=0.0)
+    add(g, "--optimizer", role="train", default="sgd", choices=["sgd", "adamw"], help="SGD (momentum) or AdamW")
+    add(g, "--learning_rate", role="train", type=float, default=1e-4, help="peak learning rate")
+    add(g, "--batch_size", role="train", type=int, default=128,
+        help="global batch: split over the torchrun processes and --accum_steps micro-batches")
+    add(g, "--accum_steps", role="train", type=int, default=1,
+        help="gradient accumulation: micro-batches per optimiser step (same maths, less memory)")
+    add(g, "--epochs", role="train", type=int, default=10, help="epochs over the training set")
+    add(g, "--max_steps", role="train", once=True, type=int, default=0,
+        help="stop after this many steps (0: whole schedule); the schedule keeps its length, so the run resumes")
+    add(g, "--warmup", role="train", type=int, default=1000, help="linear warm-up steps, then cosine decay")
+    add(g, "--momentum", role="train", type=float, default=0.9, help="SGD momentum")
+    add(g, "--weight_decay", role="train", type=float, default=0.0, help="weight decay")
+    add(g, "--last_num_ft", role="train", type=int, default=0,
+        help="train only the last N parameter tensors of the visual tower (0: all)")
 
-    g = p.add_argument_group("Attack (ε and step sizes in 1/255 units)")
-    g.add_argument("--train_eps", type=float, default=1.0)
-    g.add_argument("--train_numsteps", type=int, default=2)
-    g.add_argument("--train_stepsize", type=float, default=1.0)
-    g.add_argument("--test_eps", type=float, nargs="+", default=[1.0], help="one or more budgets, each evaluated")
-    g.add_argument("--test_numsteps", type=int, default=100)
-    g.add_argument("--test_stepsize", type=float, default=1.0)
-    g.add_argument("--train_momentum", type=float, default=0.0,
-                   help="training attack: momentum on the sign step, v = sign(μ·v + sign(g)) (FARE: 0.9; 0: plain PGD)")
-    g.add_argument("--attack", default="pgd", type=_attacks, metavar="pgd,cw,autoattack",
-                   help="evaluation attack, or a comma list: robust = survives every one (each one's accuracy is kept)")
-    g.add_argument("--norm", default="l_inf", choices=["l_inf", "l_2"])
-    g.add_argument("--test_batch_size", type=int, default=256)
+    g = p.add_argument_group("Training attack (ε and step sizes in 1/255 units)")
+    add(g, "--train_eps", role="train", type=float, default=1.0, help="ε of the training PGD")
+    add(g, "--train_numsteps", role="train", type=int, default=2, help="PGD steps in training (0: clean images)")
+    add(g, "--train_stepsize", role="train", type=float, default=1.0, help="step size of the training PGD")
+    add(g, "--train_momentum", role="train", type=float, default=0.0,
+        help="momentum on the sign step, v = sign(μ·v + sign(g)) (FARE: 0.9; 0: plain PGD)")
+    add(g, "--norm", role="train", default="l_inf", choices=["l_inf", "l_2"], help="threat model, train and test")
 
-    g = p.add_argument_group("Evaluation protocol (SPEC §10)")
-    g.add_argument("--protocol", default=None, choices=protocol_names(),
-                   help="flag values of a published protocol (configs/protocols/NAME.yaml); the CLI still wins")
-    g.add_argument("--attack_precision", default=None, choices=["amp", "fp32", "bf16"],
-                   help="autocast of the attacks (default: --precision); the predictions use --precision")
-    g.add_argument("--aa_version", default="aa-papers", choices=list(AA_VERSIONS),
-                   help="AutoAttack: aa-papers = APGD-CE + APGD-DLR (TeCoA/TGA-ZSR), standard = APGD-CE, APGD-T, "
-                        "FAB-T, Square, apgd-ce-t = RobustVLM's")
-    g.add_argument("--transform", default="tga_zsr", choices=["tga_zsr", "robustvlm"],
-                   help="images: each dataset's SPEC §5 transform, or RobustVLM's (native resolution, resize in model)")
-    g.add_argument("--batch_stride", type=int, default=1,
-                   help="evaluate every K-th batch of --test_batch_size images only (TeCoA's validation: 20)")
-    g.add_argument("--save_adv", type=int, default=0, metavar="N",
-                   help="save the first N adversarial examples of each dataset to <run>/adv/")
+    g = p.add_argument_group("Evaluation (ε and step sizes in 1/255 units)")
+    add(g, "--testdata", role="eval", nargs="+", default=list(TEST_DATASETS),
+        help="zero-shot test datasets (default: the paper's 16)")
+    add(g, "--n_samples", role="eval", type=int, default=0, help="seeded class-balanced test subset size (0: all)")
+    add(g, "--test_eps", role="eval", type=float, nargs="+", default=[1.0], help="one or more budgets, each evaluated")
+    add(g, "--test_numsteps", role="eval", type=int, default=100, help="PGD / CW steps")
+    add(g, "--test_stepsize", role="eval", type=float, default=1.0, help="PGD / CW step size")
+    add(g, "--attack", role="eval", default="pgd", type=_attacks, metavar="pgd,cw,autoattack",
+        help="evaluation attack, or a comma list: robust = survives every one (each one's accuracy is kept)")
+    add(g, "--test_batch_size", role="eval", type=int, default=256, help="evaluation batch per process")
+    add(g, "--protocol", role="eval", default=None, choices=protocol_names(),
+        help="flag values of a published protocol (configs/protocols/NAME.yaml); the command line still wins")
+    add(g, "--attack_precision", role="eval", default=None, choices=["amp", "fp32", "bf16"],
+        help="autocast of the attacks (default: --precision); the predictions use --precision")
+    add(g, "--aa_version", role="eval", default="aa-papers", choices=list(AA_VERSIONS),
+        help="AutoAttack: aa-papers = APGD-CE + APGD-DLR (TeCoA/TGA-ZSR), standard = APGD-CE, APGD-T, FAB-T, "
+             "Square, apgd-ce-t = RobustVLM's")
+    add(g, "--transform", role="eval", default="tga_zsr", choices=["tga_zsr", "robustvlm"],
+        help="images: each dataset's transform in the paper's code, or RobustVLM's (native resolution, resize "
+             "in the model)")
+    add(g, "--batch_stride", role="eval", type=int, default=1,
+        help="evaluate every K-th batch of --test_batch_size images only (TeCoA's validation: 20)")
+    add(g, "--save_adv", role="eval", once=True, type=int, default=0, metavar="N",
+        help="save the first N adversarial examples of each dataset to <run>/adv/")
 
     groups = {}
     for cls, (names, kwargs) in method_flags():
         if cls not in groups:
             groups[cls] = p.add_argument_group(f"{cls.label} (--Method {cls.name})", cls.__doc__.split("\n")[0])
-        groups[cls].add_argument(*names, **kwargs)
+        add(groups[cls], *names, role="train", **kwargs)
 
     g = p.add_argument_group("Run")
-    g.add_argument("--output_dir", default="./checkpoints", help="runs land in <output_dir>/<run name>")
-    g.add_argument("--name", default=None, help="run folder name (default: from method and hyper-parameters)")
-    g.add_argument("--resume", default=None, help="run folder or checkpoint file to continue / evaluate")
-    g.add_argument("--eval_only", action="store_true", help="evaluate --resume or --pretrained, no training")
-    g.add_argument("--table", nargs="+", default=None, metavar="RUN", help="print the challenge table of runs")
-    g.add_argument("--leaderboard", nargs="+", default=None, metavar="DIR",
-                   help="rank the model cards (model_card.json) found in these folders")
-    g.add_argument("--export", default=None, metavar="RUN", help="write a run's model as a full open_clip CLIP")
-    g.add_argument("--format", default="open_clip", choices=["open_clip", "hf_hub"],
-                   help="--export: one open_clip .pt file, or a hub folder (open_clip_config.json + safetensors)")
-    g.add_argument("--export_dir", default=None, help="--export: where to write (default: <run>/export)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    g.add_argument("--gpu", type=int, default=None, help="original flag: same as --device cuda:N")
-    g.add_argument("--precision", default="amp", choices=["amp", "fp32", "bf16"],
-                   help="amp = fp16 autocast + GradScaler on CUDA (the original), fp32 on CPU")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the visual towers (trained and frozen; batch dimension dynamic, "
-                        "recompiles logged); checkpoints are unchanged")
-    g.add_argument("--tf32", action="store_true",
-                   help="fp32 matmuls on TF32 tensor cores (CUDA; trades precision for speed: the FARE row trains "
-                        "in fp32); off by default as in the original; recorded in results as precision '+tf32'")
-    g.add_argument("--print_freq", type=int, default=50)
-    g.add_argument("--save_freq", type=int, default=0,
-                   help="also checkpoint every N steps (default 0: at each epoch end only; a ViT-B/32 "
-                        "checkpoint is 0.7 GB, the original's 50 wrote ~110 GB per run)")
-    g.add_argument("--tensorboard", action="store_true", help="log scalars to <run>/tb")
-    g.add_argument("--no_eval", action="store_true", help="skip the evaluation after training")
-    g.add_argument("--dist_timeout", type=float, default=30.0,
-                   help="minutes a torchrun process waits in a collective before the run fails")
+    add(g, "--output_dir", role="run", default="./checkpoints", help="runs land in <output_dir>/<run name>")
+    add(g, "--name", role="run", default=None, help="run folder name (default: from method and hyper-parameters)")
+    add(g, "--resume", role="run", once=True, default=None, help="run folder or checkpoint file to continue / evaluate")
+    add(g, "--eval_only", role="run", once=True, action="store_true",
+        help="evaluate --resume or --pretrained, no training")
+    add(g, "--no_eval", role="run", once=True, action="store_true", help="skip the evaluation after training")
+    add(g, "--seed", role="train", type=int, default=0, help="seed of the model, the data order and the attacks")
+    add(g, "--device", role="run", once=True, default="auto", help="auto, cpu, cuda, cuda:N")
+    add(g, "--gpu", role="run", once=True, type=int, default=None, help="original flag: same as --device cuda:N")
+    add(g, "--precision", role="train", default="amp", choices=["amp", "fp32", "bf16"],
+        help="amp = fp16 autocast + GradScaler on CUDA (the original), fp32 on the CPU")
+    add(g, "--compile", role="run", once=True, action="store_true",
+        help="torch.compile the visual towers (trained and frozen; batch dimension dynamic, recompiles logged); "
+             "checkpoints are unchanged")
+    add(g, "--tf32", role="train", action="store_true",
+        help="fp32 matmuls on TF32 tensor cores (CUDA; trades precision for speed: the FARE row trains in fp32); "
+             "off by default as in the original; recorded in results as precision '+tf32'")
+    add(g, "--print_freq", role="run", type=int, default=50, help="log the training losses every N steps")
+    add(g, "--save_freq", role="run", type=int, default=0,
+        help="also checkpoint every N steps (default 0: at each epoch end only; a ViT-B/32 checkpoint is 0.7 GB, "
+             "the original's 50 wrote ~110 GB per run)")
+    add(g, "--tensorboard", role="run", action="store_true", help="log scalars to <run>/tb")
+    add(g, "--dist_timeout", role="run", once=True, type=float, default=30.0,
+        help="minutes a torchrun process waits in a collective before the run fails")
     return p
 
 
@@ -162,6 +183,26 @@ def _attacks(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from e
 
 
+@functools.lru_cache(maxsize=1)
+def _actions() -> dict[str, argparse.Action]:
+    return {a.dest: a for a in get_args_parser()._actions if hasattr(a, "role")}
+
+
+def flags_with_role(*roles: str) -> list[str]:
+    """The flags (destinations) of these roles, in the parser's order."""
+    return [d for d, a in _actions().items() if a.role in roles]
+
+
+def per_invocation() -> set[str]:
+    """Flags that describe this invocation, not the run: never taken from a run's args.yaml."""
+    return {d for d, a in _actions().items() if a.once}
+
+
+def parser_defaults() -> dict:
+    return {d: a.default for d, a in _actions().items()}
+
+
+# --- YAML layers -------------------------------------------------------------------------------------
 def load_yaml(path: str | Path) -> dict:
     """A config file's `flag: value` mapping; plain YAML data only (safe_load: no python tags)."""
     try:
@@ -181,6 +222,19 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(cfg, dict):
         raise SystemExit(f"config {path} must be a mapping of flag: value")
     return {RENAMED_KEYS.get(k, k): v for k, v in cfg.items()}
+
+
+def load_config(path: str | Path, _seen: tuple = ()) -> dict:
+    """A `-c` file's values; a `config: OTHER.yaml` key in it (relative to the file) is read first, so
+    a file can state only what differs from the one it builds on (configs/smoke.yaml on mini.yaml)."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise SystemExit(f"config {path}: `config:` chain loops back to itself ({' -> '.join(map(str, _seen))})")
+    cfg = load_yaml(path)
+    base = cfg.pop("config", None)
+    if not base:
+        return cfg
+    return {**load_config(path.parent / base, _seen + (path.resolve(),)), **cfg}
 
 
 def check_config(cfg: dict, parser: argparse.ArgumentParser, source) -> dict:
@@ -251,11 +305,50 @@ def run_args_of(resume: str | None) -> dict:
     """The args.yaml of the run being resumed, if any."""
     if not resume or not run_args_file(resume).is_file():
         return {}
-    return {k: v for k, v in load_yaml(run_args_file(resume)).items() if k not in PER_INVOCATION}
+    once = per_invocation()
+    return {k: v for k, v in load_yaml(run_args_file(resume)).items() if k not in once}
+
+
+def protocol_names() -> list[str]:
+    return sorted(p.stem for p in PROTOCOL_DIR.glob("*.yaml"))
+
+
+def load_protocol(name: str) -> dict:
+    """The evaluation flags of a protocol: the built-in evaluation defaults (the paper's protocol),
+    then `configs/protocols/NAME.yaml`; SystemExit naming the known ones for an unknown name."""
+    path = PROTOCOL_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"--protocol {name}: unknown protocol; known: {', '.join(protocol_names())} "
+                         f"(one YAML each in {PROTOCOL_DIR})")
+    once = per_invocation()
+    values = {k: v for k, v in parser_defaults().items() if k in flags_with_role("eval") and k not in once}
+    values.update(load_yaml(path))
+    values["protocol"] = name
+    return values
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        a, b = (list(v) if isinstance(v, (list, tuple)) else [v] for v in (a, b))
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def protocol_label(values: dict) -> str | None:
+    """`NAME`, or `NAME (modified: flag=value, ...)` when `values` depart from the protocol's, so that a
+    number is never attributed to a protocol it did not follow."""
+    name = values.get("protocol")
+    if not name:
+        return None
+    changed = [f"{k}={values[k]}" for k, v in load_protocol(name).items()
+               if k != "protocol" and k in values and not _same(values[k], v)]
+    return f"{name} (modified: {', '.join(changed)})" if changed else name
 
 
 def mini_learning_rate(method: str) -> float:
-    """The mini benchmark's rate of a method: its own `mini_lr`, else its configs/<name>.yaml rate ×
+    """The mini world's rate of a method: its own `mini_lr`, else its configs/<name>.yaml rate ×
     MINI_LR_FACTOR, rounded to 12 significant digits (1e-5 × 100 is 0.001, not 0.0010000000000000002)."""
     cls = get_method(method)
     if cls.mini_lr is not None:
@@ -263,20 +356,19 @@ def mini_learning_rate(method: str) -> float:
     path = method_config_path(method)
     paper_lr = load_yaml(path).get("learning_rate") if path else None
     if paper_lr is None:
-        raise SystemExit(f"no mini learning rate for method '{method}': set `mini_lr` in its class (methods.py) "
-                         f"or `learning_rate` in configs/{cls.name}.yaml")
+        paper_lr = parser_defaults()["learning_rate"]
     return float(f"{float(paper_lr) * MINI_LR_FACTOR:.12g}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    """Parse with layered defaults (see the module docstring)."""
+    """Parse with the layered defaults of the module docstring."""
     parser = get_args_parser()
     pre = argparse.ArgumentParser(add_help=False)
     for name in ("-c", "--config"), ("--Method",), ("--resume",), ("--protocol",):
         pre.add_argument(*name, default=None)
     pre.add_argument("--mini_lr", action="store_true")
     known, _ = pre.parse_known_args(argv)
-    user_cfg = check_config(load_yaml(known.config), parser, known.config) if known.config else {}
+    user_cfg = check_config(load_config(known.config), parser, known.config) if known.config else {}
     resumed = check_config(run_args_of(known.resume), parser, run_args_file(known.resume) if known.resume else "")
     method = known.Method or user_cfg.get("Method") or resumed.get("Method") or DEFAULT_METHOD_NAME
     defaults = {}
@@ -314,9 +406,10 @@ def validate(args, world: int = 1) -> None:
     """Refuse settings that cannot make sense before anything is written or loaded: one message
     listing every bad flag and what it takes, dataset names with a did-you-mean."""
     problems = []
+    values = vars(args)
     for flags, floor, what in LIMITS:
         for flag in flags:
-            value = getattr(args, flag, None)
+            value = values.get(flag)
             for v in (value if isinstance(value, (list, tuple)) else [value]):  # --test_eps takes a list
                 if v is not None and not (math.isfinite(v) and v >= floor):
                     problems.append(f"--{flag} {v:g}: {what}")
@@ -340,5 +433,144 @@ def validate(args, world: int = 1) -> None:
     if looks_like_a_file and not weights.startswith("hf-hub:") and not os.path.isfile(weights):
         problems.append(f"--pretrained {weights}: no such file (give a weights file, an open_clip tag such as "
                         f"openai, or none)")
+    cls = get_method(args.Method or DEFAULT_METHOD_NAME, args.atten_methods)
+    if cls.trains == "prompts" and args.adaptation_method != "VPT" and not args.eval_only:
+        problems.append(f"--Method {cls.name} trains visual prompts: it needs --adaptation_method VPT "
+                        f"(configs/{cls.name}.yaml sets it)")
     if problems:
         raise SystemExit("invalid settings (nothing was written):\n  " + "\n  ".join(problems))
+
+
+# --- the settings the library takes ------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSettings:
+    """What the model is built from."""
+    arch: str
+    pretrained: str
+    image_size: int
+    adaptation_method: str
+    pixel_prompt: str
+    prompt_size: int
+    add_prompt_size: int
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """The method class and the values of its own flags (its `__init__` keywords)."""
+    cls: type
+    options: dict
+    named: bool  # --Method was given (a CLI flag, a config, the resumed run), not defaulted
+
+    @property
+    def name(self) -> str:
+        return self.cls.name
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The training loop's settings."""
+    dataset: str
+    root: object                 # a folder, or {dataset: folder, "default": folder}
+    optimizer: str
+    learning_rate: float
+    momentum: float
+    weight_decay: float
+    batch_size: int              # the global batch
+    accum_steps: int
+    epochs: int
+    max_steps: int
+    warmup: int
+    last_num_ft: int
+    seed: int
+    workers: int
+    print_freq: int
+    save_freq: int
+    skip_corrupt: bool
+    decoded_cache: str | None
+    tensorboard: bool
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The evaluation's settings; `setting()` gives the values a results.jsonl row is keyed by."""
+    testdata: list
+    root: object
+    attack: str                  # one attack or a comma list
+    norm: str
+    test_eps: list               # 1/255 units
+    test_numsteps: int
+    test_stepsize: float
+    test_batch_size: int
+    attack_precision: str | None
+    aa_version: str
+    transform: str
+    batch_stride: int
+    n_samples: int
+    seed: int
+    workers: int
+    save_adv: int
+    skip_corrupt: bool
+    decoded_cache: str | None
+    dataset: str                 # the training set (its test split may come from the decoded cache)
+    pretrained: str
+    protocol: str | None = None  # the protocol label: NAME or NAME (modified: ...)
+
+    def setting(self, eps: float, checkpoint: str, precision: str, attack_precision: str | None = None) -> dict:
+        """The settings of one evaluation (ε and step size in 1/255 units): what a results row records
+        and what finds it done again."""
+        attacks = attack_list(self.attack)
+        steps, step_size = self.test_numsteps, self.test_stepsize
+        if attacks == ["autoattack"]:  # APGD: 100 iterations, adaptive step size (the library's values)
+            steps, step_size = 100, None
+        stride = self.batch_stride or 1
+        return {"attack": ",".join(attacks), "norm": self.norm, "eps": eps, "steps": steps, "step_size": step_size,
+                "precision": precision, "attack_precision": attack_precision or precision,
+                "aa_version": (self.aa_version or "aa-papers") if "autoattack" in attacks else None,
+                "protocol": self.protocol, "transform": self.transform or "tga_zsr",
+                "batch_stride": f"{stride}x{self.test_batch_size}" if stride > 1 else None,
+                "n_samples": self.n_samples, "seed": self.seed, "checkpoint": checkpoint}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How this process runs."""
+    output_dir: str
+    name: str | None
+    resume: str | None
+    eval_only: bool
+    no_eval: bool
+    device: str
+    precision: str
+    compile: bool
+    tf32: bool
+    dist_timeout: float
+
+
+def _pick(cls, values: dict, **extra):
+    return cls(**{f.name: values[f.name] for f in fields(cls) if f.name not in extra}, **extra)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run of tga_zsr.py needs, bound once from the parsed flags."""
+    model: ModelSettings
+    method: MethodChoice
+    attack: PGDSettings           # the training attack, in pixel units
+    train_on_clean: bool
+    train: TrainSettings
+    eval: EvalSettings
+    run: RunSettings
+    values: dict = field(default_factory=dict)  # every flag's value: args.yaml, the checkpoint, the model card
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Settings":
+        v = dict(vars(args))
+        method = get_method(v["Method"] or DEFAULT_METHOD_NAME, v["atten_methods"])
+        options = {name: v[name] for name in method.option_names()}
+        attack = PGDSettings(v["train_eps"] / 255.0, v["train_stepsize"] / 255.0, int(v["train_numsteps"]),
+                             v["norm"], v["train_momentum"])
+        test_eps = v["test_eps"] if isinstance(v["test_eps"], (list, tuple)) else [v["test_eps"]]
+        return cls(model=_pick(ModelSettings, v), method=MethodChoice(method, options, bool(v["Method"])),
+                   attack=attack, train_on_clean=v["train_on_clean"], train=_pick(TrainSettings, v),
+                   eval=_pick(EvalSettings, v, test_eps=[float(e) for e in test_eps], protocol=protocol_label(v)),
+                   run=_pick(RunSettings, v), values=v)

@@ -40,6 +40,9 @@ from engine import distributed
 from engine.checkpoint import CHECKPOINT_NAME, CheckpointWriteError, atomic_save, load_trainable_state, trainable_state
 from datasets import CorruptImage, Indexed, collate_indexed, images_to
 from engine.device import autocast, make_scaler, rng_state, seed_everything, set_rng_state
+from engine.model import install_prompts
+from engine.settings import Settings, TrainSettings
+from methods import TrainingAttack, TrainingSetup
 
 log = logging.getLogger("tga_zsr")
 
@@ -89,10 +92,21 @@ def trainable_parameters(model, trains: str = "visual", last_num_ft: int = 0, ex
     return params
 
 
-def build_optimizer(args, params):
-    if args.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
-    return torch.optim.SGD(params, lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay)
+def build_optimizer(t: TrainSettings, params):
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def build_method(s: Settings, model, text_features, prompts=None, classnames=None, n_train: int = 0):
+    """The method of `s` set up on `model` as training needs it: the frozen copy of the original tower
+    first (before any prompts), then the visual prompts, then the method with its own flags."""
+    cls = s.method.cls
+    frozen = model.frozen_image_tower() if cls.needs_frozen else None
+    install_prompts(model, s.model)
+    attack = TrainingAttack(s.attack, on_clean=s.train_on_clean)
+    setup = TrainingSetup(model, text_features, attack, frozen, prompts, classnames, n_train)
+    return cls(setup, **s.method.options)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -170,35 +184,37 @@ def ignore_stop_signals(_worker_id: int) -> None:
 class Trainer:
     """Runs `method.step` over the training set for the whole schedule, checkpointing as it goes."""
 
-    def __init__(self, args, model, method, train_data, run_dir: Path, device, precision,
-                 rank: int = 0, world: int = 1, writer=None, on_epoch_end=None, should_stop=None):
-        self.args, self.model, self.method = args, model, method
+    def __init__(self, t: TrainSettings, model, method, train_data, run_dir: Path, device, precision,
+                 rank: int = 0, world: int = 1, writer=None, on_epoch_end=None, should_stop=None,
+                 record: dict | None = None):
+        self.t, self.model, self.method = t, model, method
+        self.record = record or {}  # the run's flags, kept in each checkpoint (plain values)
         self.should_stop = should_stop  # () -> signal name or None, checked at each step boundary
-        self.data_name, self.skip_corrupt = train_data.name, bool(getattr(args, "skip_corrupt", False))
+        self.data_name, self.skip_corrupt = train_data.name, t.skip_corrupt
         self.on_device = train_data.on_device  # the decoded cache's resize, or None
         self.run_dir, self.device, self.precision = Path(run_dir), device, precision
         self.rank, self.world, self.writer = rank, world, writer
         self.on_epoch_end = on_epoch_end  # called on rank 0 after each epoch's checkpoint (the loss curve)
         self.dataset = Indexed(train_data.dataset)
-        self.sampler = ResumableSampler(self.dataset, num_replicas=world, rank=rank, seed=args.seed)
-        self.accum_steps = max(1, int(getattr(args, "accum_steps", 1)))
-        if args.batch_size % (world * self.accum_steps):
-            raise SystemExit(f"--batch_size {args.batch_size} is the global batch: it must split evenly over "
+        self.sampler = ResumableSampler(self.dataset, num_replicas=world, rank=rank, seed=t.seed)
+        self.accum_steps = max(1, int(t.accum_steps))
+        if t.batch_size % (world * self.accum_steps):
+            raise SystemExit(f"--batch_size {t.batch_size} is the global batch: it must split evenly over "
                              f"{world} process(es) x {self.accum_steps} accumulation step(s), i.e. be a multiple "
                              f"of {world * self.accum_steps}")
-        self.batch_size = args.batch_size // world          # this rank's share of the global batch
+        self.batch_size = t.batch_size // world          # this rank's share of the global batch
         self.micro_batch = self.batch_size // self.accum_steps
-        self.params = trainable_parameters(model, method.trains, args.last_num_ft, method.trainable_extra())
+        self.params = trainable_parameters(model, method.trains, t.last_num_ft, method.trainable_extra())
         # DDP over the image tower; trainable tensors outside it get their gradients averaged.
         self.ddp = distributed.wrap_trainable(model, device)
         owned = {id(p) for p in self.ddp.module.parameters()} if self.ddp is not None else set()
         self.unsynced = [p for p in self.params if id(p) not in owned] if world > 1 else []
-        self.optimizer = build_optimizer(args, self.params)
+        self.optimizer = build_optimizer(t, self.params)
         self.scaler = make_scaler(device, precision)
         self.steps_per_epoch = math.ceil(self.sampler.num_samples / self.batch_size)
-        self.total_steps = self.steps_per_epoch * args.epochs  # the LR schedule's length (SPEC §0)
+        self.total_steps = self.steps_per_epoch * t.epochs  # the LR schedule's length
         # --max_steps stops early without changing the schedule, so a stopped run resumes exactly.
-        self.stop_at = min(self.total_steps, args.max_steps) if args.max_steps else self.total_steps
+        self.stop_at = min(self.total_steps, t.max_steps) if t.max_steps else self.total_steps
         self.step = 0          # optimiser steps done
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -212,7 +228,7 @@ class Trainer:
         return {**trainable_state(self.model, self.method.trainable_extra()), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch, "rng": rng_state(), "world": self.world,
-                "args": {k: v for k, v in vars(self.args).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
+                "args": {k: v for k, v in self.record.items() if isinstance(v, (int, float, str, bool, list, type(None)))},
                 "meta": {"arch": self.model.arch, "quick_gelu": self.model.quick_gelu, "method": self.method.name,
                          "finished": self.step >= self.total_steps}}
 
@@ -227,7 +243,7 @@ class Trainer:
         if self.world == 1 or (per_rank and len(per_rank) == self.world):
             set_rng_state(per_rank[self.rank] if self.world > 1 else ckpt["rng"])
         else:  # another number of processes: same data order, but new PGD random-start streams
-            seed_everything(self.args.seed + 1_000_003 * self.step + self.rank)
+            seed_everything(self.t.seed + 1_000_003 * self.step + self.rank)
             if self.rank == 0:
                 log.warning(f"resuming a {ckpt.get('world', 1)}-process run on {self.world}: the data order is "
                             f"unchanged, the training attack's random starts are not those of the original run")
@@ -256,9 +272,9 @@ class Trainer:
         process at the start of each epoch, so its epoch and resume offset still apply."""
         self.sampler.set_epoch(self.epoch)
         self.sampler.start = self.batch_in_epoch * self.batch_size  # per-rank batch: resume skips exactly
-        self._worker_seeds.manual_seed(self.args.seed + self.epoch)  # worker seeds only
+        self._worker_seeds.manual_seed(self.t.seed + self.epoch)  # worker seeds only
         if self._loader is None:
-            workers = self.args.workers
+            workers = self.t.workers
             self._loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
                                       num_workers=workers, pin_memory=self.device.type == "cuda",
                                       generator=self._worker_seeds, persistent_workers=workers > 0,
@@ -268,7 +284,7 @@ class Trainer:
 
     def train_step(self, x, y, idx) -> dict:
         """One optimiser step on this rank's share of a global batch, in micro-batches."""
-        lr = lr_at(self.step, self.args.learning_rate, self.args.warmup, self.total_steps)
+        lr = lr_at(self.step, self.t.learning_rate, self.t.warmup, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
@@ -300,7 +316,7 @@ class Trainer:
                 f"checkpoint in {self.run_dir} predates it. Lower --learning_rate or use --precision fp32.")
 
     def fit(self) -> None:
-        args = self.args
+        t = self.t
         history = self.run_dir / "history.jsonl"
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         while self.step < self.stop_at:
@@ -308,7 +324,7 @@ class Trainer:
             bar = tqdm(total=self.sampler.num_samples * self.world,
                        initial=self.batch_in_epoch * self.batch_size * self.world,
                        unit="img", dynamic_ncols=True, disable=self.rank != 0,
-                       desc=f"epoch {self.epoch + 1}/{args.epochs}")
+                       desc=f"epoch {self.epoch + 1}/{t.epochs}")
             sums, count, t0 = {}, 0, time.time()
             for x, y, idx, unreadable in self.loader():
                 self._stop_if_asked(unreadable, len(x), bar)
@@ -323,7 +339,7 @@ class Trainer:
                 bar.update(x.shape[0] * self.world)
                 epoch_done = self.batch_in_epoch >= self.steps_per_epoch
                 stop = self.step >= self.stop_at
-                if count % args.print_freq == 0 or epoch_done or stop:
+                if count % t.print_freq == 0 or epoch_done or stop:
                     self._check_finite(bad, terms)
                     row = distributed.mean_over_ranks({k: float(v) / count for k, v in sums.items()})
                     row.update(step=self.step, epoch=self.epoch, lr=terms["lr"],
@@ -339,7 +355,7 @@ class Trainer:
                 if epoch_done:
                     self.epoch += 1
                     self.batch_in_epoch = 0
-                if (args.save_freq and self.step % args.save_freq == 0) or epoch_done or stop:
+                if (t.save_freq and self.step % t.save_freq == 0) or epoch_done or stop:
                     self._check_finite(bad, terms)
                     self.save()
                 if (epoch_done or stop) and self.rank == 0 and self.on_epoch_end is not None:
@@ -373,7 +389,7 @@ class Trainer:
             raise RunStopped(f"{name}: training stopped at step {self.step} of {self.total_steps}, checkpoint saved "
                              f"in {self.run_dir / CHECKPOINT_NAME}. Resume with: {resume}",
                              code=128 + int(getattr(signal, str(name), signal.SIGTERM)))
-        where = CorruptImage(self.data_name, unreadable, self.args.root) if unreadable else \
+        where = CorruptImage(self.data_name, unreadable, self.t.root) if unreadable else \
             "an image of another process's batch cannot be decoded (see its message)"
         if unreadable and not n_good:
             where = f"{where}\nEvery image of this batch is unreadable: check the dataset with --verify --deep"

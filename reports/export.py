@@ -21,32 +21,34 @@ import open_clip
 import torch
 import yaml
 
-from engine.checkpoint import file_digest, load_file, load_visual_weights, resolve_checkpoint
-from engine.model import CLIP_MEAN, CLIP_STD, build_model
-from methods import prepare_model
+from engine.checkpoint import file_digest, load_file, resolve_checkpoint
+from engine.weights import load_visual_weights
+from engine.model import CLIP_MEAN, CLIP_STD, build_model, install_prompts
 from reports.model_card import CARD_NAME, build_card
-from engine.settings import parse_args
+from engine.settings import Settings, parse_args
 
 log = logging.getLogger("tga_zsr")
 FORMATS = ("open_clip", "hf_hub")
 
 
-def weights_file(args, model, resume_ckpt) -> Path | None:
+def weights_file(pretrained, model, resume_ckpt) -> Path | None:
     """The file whose bytes are the evaluated weights (for the card's sha256), if there is one."""
     if resume_ckpt is not None:
         return Path(resume_ckpt)
     if getattr(model, "weights_file", None):
         return Path(model.weights_file)
-    p = Path(str(args.pretrained))
+    p = Path(str(pretrained))
     return p if p.is_file() else None
 
 
-def model_description(args, model, resume_ckpt, method: str, label: str, run_dir: Path) -> dict:
-    """The card's `model` block: what was evaluated, where it came from, how it was trained."""
-    path = weights_file(args, model, resume_ckpt)
+def model_description(values: dict, model, resume_ckpt, method: str, label: str, run_dir: Path) -> dict:
+    """The card's `model` block: what was evaluated, where it came from, how it was trained
+    (`values`: the flags of the evaluation)."""
+    pretrained = values["pretrained"]
+    path = weights_file(pretrained, model, resume_ckpt)
     desc = {"name": f"{label} ({Path(run_dir).name})", "label": label, "method": method,
-            "source": str(resume_ckpt) if resume_ckpt is not None else str(args.pretrained),
-            "base_weights": str(args.pretrained), "arch": model.arch, "quick_gelu": model.quick_gelu,
+            "source": str(resume_ckpt) if resume_ckpt is not None else str(pretrained),
+            "base_weights": str(pretrained), "arch": model.arch, "quick_gelu": model.quick_gelu,
             "weights_file": str(path) if path else None, "weights_sha256": file_digest(path, 64) if path else None}
     run_args = Path(run_dir) / "args.yaml"
     if resume_ckpt is not None and Path(resume_ckpt).parent == Path(run_dir) and run_args.is_file():
@@ -67,9 +69,9 @@ def export_run(run: str, fmt: str = "open_clip", out_dir: str | None = None) -> 
         raise SystemExit(f"--format {fmt}: choose from {', '.join(FORMATS)}")
     ckpt = resolve_checkpoint(run)
     run_dir = ckpt.parent
-    args = parse_args(["--resume", str(run), "--eval_only", "--device", "cpu"])
-    model = build_model(args, torch.device("cpu"))
-    prepare_model(model, args)
+    s = Settings.from_args(parse_args(["--resume", str(run), "--eval_only", "--device", "cpu"]))
+    model = build_model(s.model, torch.device("cpu"))
+    install_prompts(model, s.model)
     obj = load_file(ckpt)
     load_visual_weights(model, ckpt, obj)
     if model.prompter is not None:
@@ -77,7 +79,8 @@ def export_run(run: str, fmt: str = "open_clip", out_dir: str | None = None) -> 
                          f"for them, so an export would be a different model")
     card_path = run_dir / CARD_NAME
     card = (json.loads(card_path.read_text()) if card_path.is_file() else
-            build_card([], model_description(args, model, ckpt, args.Method or "?", args.Method or "?", run_dir)))
+            build_card([], model_description(s.values, model, ckpt, s.values["Method"] or "?", s.values["Method"] or "?",
+                                             run_dir)))
     cfg = dict(model.model_cfg or {})
     cfg["quick_gelu"] = bool(model.quick_gelu)
     state = {k: v.detach().float().contiguous() for k, v in model.clip.state_dict().items()}

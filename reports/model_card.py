@@ -18,7 +18,8 @@ import json
 import math
 from pathlib import Path
 
-from engine.results import GROUP_KEYS, PRECISION_GAP_FLAG, group_key, read_results, setting
+from engine.results import GROUP_KEYS, group_key, read_results, setting
+from reports.tables import PRECISION_GAP_FLAG
 
 CARD_NAME = "model_card.json"
 TOOL = "tga_zsr.py evaluator (TGA-ZSR reference implementation)"

@@ -32,28 +32,17 @@ from pathlib import Path
 import torch
 
 import datasets
-from bench import forward_flops
-from engine.checkpoint import CHECKPOINT_NAME
+from engine.checkpoint import CHECKPOINT_NAME, pretrained_id
 from engine.model import load_clip
 from datasets.catalog import INFO, expected_count
 from datasets.world import SUITE as WORLD_SUITE
-from engine.device import resolve_device, resolve_precision
-from engine.evaluate import eval_settings
-from methods import get_method
-from engine.settings import get_args_parser, parse_args
+from engine.device import forward_flops, resolve_device, resolve_precision
+from engine.settings import Settings, flags_with_role, parse_args, parser_defaults
+from methods import DEFAULT_METHOD_NAME, get_method
 from engine.results import GROUP_KEYS, find_done, read_jsonl, read_results, setting
 from engine.run_folder import run_name
-from tga_zsr import pretrained_id
 
 ROOT = Path(__file__).resolve().parents[1]
-# Flags that cannot change the trained weights: evaluation, paths, logging, devices (not part of a run's identity).
-NOT_TRAINING = {"testdata", "test_eps", "test_numsteps", "test_stepsize", "attack", "n_samples", "test_batch_size",
-                "output_dir", "name", "resume", "eval_only", "table", "device", "gpu", "workers", "print_freq",
-                "save_freq", "tensorboard", "no_eval", "dist_timeout", "compile", "config", "mini_lr", "root",
-                "aa_version", "attack_precision", "batch_stride", "protocol", "transform", "save_adv", "leaderboard",
-                "export", "export_dir", "format", "decoded_cache"}
-EVAL_ONLY_KEYS = ("Method", "arch", "pretrained", "image_size", "seed", "adaptation_method", "pixel_prompt",
-                  "prompt_size", "add_prompt_size", "precision")
 PAPER_3090 = {"epoch_s": 885.0, "images": 100_000, "units": 11, "arch": "vit_b32"}  # SPEC §9, TGA-ZSR K = 2
 
 
@@ -74,7 +63,7 @@ def flags_to_argv(flags: dict) -> list[str]:
 class Evaluation:
     key: tuple                 # the GROUP_KEYS values of its results rows
     argv: list                 # the run's flags + the evaluation's (tga_zsr.py), datasets added when run
-    args: object               # their parsed form
+    settings: Settings         # their parsed form
     datasets: list             # canonical names, in the order first asked for
     title: str
 
@@ -84,7 +73,7 @@ class Run:
     key: str
     name: str
     argv: list
-    args: object
+    settings: Settings
     method: str
     trains: bool
     rows: list = field(default_factory=list)        # (table id, row label, seed) it serves
@@ -95,58 +84,53 @@ class Run:
         return list(dict.fromkeys(t for t, _, _ in self.rows))
 
 
-def _parse(argv: list, where: str):
+def _parse(argv: list, where: str) -> Settings:
     try:
-        return parse_args(argv)
+        return Settings.from_args(parse_args(argv))
     except SystemExit as e:  # argparse already printed the flag's problem
         raise SystemExit(f"{where}: its flags do not parse ({e}): {' '.join(argv)}")
 
 
-_DEFAULTS: dict = {}
+def trains(s: Settings) -> bool:
+    return s.method.cls.trains != "nothing" and s.train.epochs > 0
 
 
-def parser_defaults() -> dict:
-    if not _DEFAULTS:
-        _DEFAULTS.update(vars(get_args_parser().parse_args([])))
-    return _DEFAULTS
-
-
-def identity(args) -> dict:
-    """The settings that name a run: every training flag whose value is not the parser's default
-    (a flag added to the project later, at a default that keeps the old behaviour, leaves every
-    existing run's identity, hence its folder, unchanged); for a run that trains nothing, the weights."""
-    cls = get_method(args.Method, args.atten_methods)
-    settings = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_TRAINING}
+def identity(values: dict) -> dict:
+    """The settings that name a run: every flag that can change the trained weights (the `model` and
+    `train` roles) whose value is not the parser's default (a flag added to the project later, at a
+    default that keeps the old behaviour, leaves every existing run's identity, hence its folder,
+    unchanged); for a run that trains nothing, its weights (the model flags, seed and precision)."""
+    cls = get_method(values["Method"] or DEFAULT_METHOD_NAME, values["atten_methods"])
+    trains_weights = cls.trains != "nothing" and values["epochs"] > 0
+    keys = flags_with_role("model", "train") if trains_weights else ["Method", *flags_with_role("model"), "seed",
+                                                                      "precision"]
+    settings = {k: values[k] for k in sorted(keys) if k in values}
     settings["Method"] = cls.name
-    if cls.trains == "nothing" or args.epochs == 0:
-        settings = {k: settings.get(k) for k in EVAL_ONLY_KEYS}
     defaults = parser_defaults()
     return {k: v for k, v in settings.items() if k == "Method" or k not in defaults or v != defaults[k]}
 
 
 def make_run(argv: list, where: str, default_dataset: str | None) -> Run:
-    args = _parse(argv, where)
-    cls = get_method(args.Method, args.atten_methods)
-    settings = identity(args)
+    s = _parse(argv, where)
+    settings = identity(s.values)
     key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    trains = cls.trains != "nothing" and args.epochs > 0
-    if trains:
-        name = run_name(args, cls) + ("" if args.dataset == default_dataset else f"_{args.dataset}")
+    if trains(s):
+        name = run_name(s) + ("" if s.train.dataset == default_dataset else f"_{s.train.dataset}")
     else:
-        name = f"{cls.name}_{Path(str(args.arch)).stem}_{Path(str(args.pretrained)).stem}_seed{args.seed}"
-    return Run(key, f"{name}_{key[:8]}", argv, args, cls.name, trains)
+        m = s.model
+        name = f"{s.method.name}_{Path(str(m.arch)).stem}_{Path(str(m.pretrained)).stem}_seed{s.train.seed}"
+    return Run(key, f"{name}_{key[:8]}", argv, s, s.method.name, trains(s))
 
 
 def add_evaluation(run: Run, eval_argv: list, where: str) -> tuple[Evaluation, list[str]]:
     """The run's evaluation under these attack flags (one per attack setting: datasets asked for by
     several tables are merged), and the canonical datasets this call asked for."""
-    args = _parse(run.argv + eval_argv, where)
-    settings = eval_settings(args, "", "")
-    key = tuple(settings[k] for k in GROUP_KEYS)
-    names = [datasets.canonical_name(d) for d in args.testdata]
+    s = _parse(run.argv + eval_argv, where)
+    key = tuple(eval_setting(s, "", "")[k] for k in GROUP_KEYS)
+    names = [datasets.canonical_name(d) for d in s.eval.testdata]
     ev = run.evals.get(key)
     if ev is None:
-        ev = run.evals[key] = Evaluation(key, run.argv + eval_argv, args, [], "")
+        ev = run.evals[key] = Evaluation(key, run.argv + eval_argv, s, [], "")
     ev.datasets += [d for d in names if d not in ev.datasets]
     return ev, names
 
@@ -161,14 +145,20 @@ def training_state(run: Run, out: Path) -> tuple[str, int]:
         return "todo", 0
     ckpt = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
     step, meta = int(ckpt.get("step", 0)), ckpt.get("meta", {})
-    if meta.get("finished") or (run.args.max_steps and step >= run.args.max_steps):
+    max_steps = run.settings.train.max_steps
+    if meta.get("finished") or (max_steps and step >= max_steps):
         return "done", step
     return "partial", step
 
 
 def checkpoint_desc(run: Run, step: int) -> str:
     """What tga_zsr.py writes as `checkpoint` in the results of this run's weights."""
-    return f"{CHECKPOINT_NAME}@step{step}" if run.trains else pretrained_id(run.args.pretrained)
+    return f"{CHECKPOINT_NAME}@step{step}" if run.trains else pretrained_id(run.settings.model.pretrained)
+
+
+def eval_setting(s: Settings, checkpoint: str, precision: str) -> dict:
+    """What tga_zsr.py records as the settings of the first ε of `s` (results.find_done compares them)."""
+    return s.eval.setting(s.eval.test_eps[0], checkpoint, precision)
 
 
 def device_type(device: str | None, remote_gpus: bool) -> str:
@@ -180,8 +170,8 @@ def eval_status(run: Run, ev: Evaluation, out: Path, dev_type: str, state=None) 
     state = state or training_state(run, out)
     if run.trains and state[0] != "done":
         return [], list(ev.datasets)
-    precision = resolve_precision(ev.args.precision, torch.device(dev_type))
-    settings = eval_settings(ev.args, checkpoint_desc(run, state[1]), precision)
+    precision = resolve_precision(ev.settings.run.precision, torch.device(dev_type))
+    settings = eval_setting(ev.settings, checkpoint_desc(run, state[1]), precision)
     rows = read_results(out / run.name)
     done = [d for d in ev.datasets if find_done(rows, d, settings) is not None]
     return done, [d for d in ev.datasets if d not in done]
@@ -191,12 +181,12 @@ def results_of(run: Run, ev: Evaluation, out: Path, dev_type: str) -> dict:
     """{dataset: (robust, clean)} of what is in the run's results.jsonl for this evaluation's attack
     settings (the attack precision this device resolves to) and seed (the latest row of each
     dataset), whatever has finished."""
-    precision = resolve_precision(ev.args.precision, torch.device(dev_type))
-    settings = eval_settings(ev.args, "", precision)
+    precision = resolve_precision(ev.settings.run.precision, torch.device(dev_type))
+    settings = eval_setting(ev.settings, "", precision)
     key = tuple(settings[k] for k in GROUP_KEYS)
     got = {}
     for r in read_results(out / run.name):
-        if tuple(setting(r, k) for k in GROUP_KEYS) == key and r.get("seed") == run.args.seed:
+        if tuple(setting(r, k) for k in GROUP_KEYS) == key and r.get("seed") == run.settings.train.seed:
             got[r["dataset"]] = (r.get("robust_acc"), r.get("clean_acc"))
     return got
 
@@ -216,18 +206,18 @@ def missing_data(needs: dict, root_of) -> list[str]:
 
 
 # --- cost estimate -------------------------------------------------------------------------------------
-def train_units(args) -> int:
-    cls = get_method(args.Method, args.atten_methods)
-    if cls.trains == "nothing" or args.epochs == 0:
+def train_units(s: Settings) -> int:
+    if not trains(s):
         return 0
-    k = 0 if (args.train_on_clean or args.train_numsteps == 0 or args.train_eps == 0) else args.train_numsteps
-    return 2 * k + (7 if cls.needs_frozen else 3)
+    a = s.attack
+    k = 0 if (s.train_on_clean or a.steps == 0 or a.eps == 0) else a.steps
+    return 2 * k + (7 if s.method.cls.needs_frozen else 3)
 
 
-def eval_units(args) -> int:
-    if args.attack == "autoattack":
+def eval_units(attack: str, steps: int, eps) -> int:
+    if attack == "autoattack":
         return 2 * 100 * 2 + 2
-    return 2 * (args.test_numsteps if args.test_eps else 0) + 2
+    return 2 * (steps if eps else 0) + 2
 
 
 def set_size(name: str, split: str, root) -> int | None:
@@ -243,12 +233,12 @@ def set_size(name: str, split: str, root) -> int | None:
     return n
 
 
-def train_image_steps(args) -> int | None:
-    n = set_size(datasets.canonical_name(args.dataset), "train", args.root)
+def train_image_steps(t) -> int | None:
+    n = set_size(datasets.canonical_name(t.dataset), "train", t.root)
     if n is None:
         return None
-    steps = math.ceil(n / args.batch_size) * args.epochs
-    return (min(steps, args.max_steps) if args.max_steps else steps) * args.batch_size
+    steps = math.ceil(n / t.batch_size) * t.epochs
+    return (min(steps, t.max_steps) if t.max_steps else steps) * t.batch_size
 
 
 _FLOPS: dict = {}
@@ -274,30 +264,24 @@ def measured_rates(out: Path, arch: str) -> dict:
     for args_file in sorted(out.glob("*/args.yaml")):
         run_dir = args_file.parent
         try:
-            args = _parse(["-c", str(args_file)], str(args_file))
+            s = _parse(["-c", str(args_file)], str(args_file))
         except SystemExit:
             continue
-        if str(args.arch) != str(arch):
+        if str(s.model.arch) != str(arch):
             continue
         env = run_dir / "environment.json"
         if env.is_file():
             gpus = json.loads(env.read_text()).get("gpus") or ["cpu"]
             devices.add(gpus[0])
-        units = train_units(args)
+        units = train_units(s)
         train += [row["img_per_s"] * units for row in read_jsonl(run_dir / "history.jsonl")
                   if units and row.get("img_per_s")]
         for r in read_results(run_dir):
             if r.get("seconds"):
-                ev = argparse_like(r)
-                test.append(r["n"] * eval_units(ev) / r["seconds"])
+                test.append(r["n"] * eval_units(r.get("attack"), r.get("steps") or 0, r.get("eps") or 0)
+                            / r["seconds"])
     return {"train": statistics.median(train) if train else None, "test": statistics.median(test) if test else None,
             "n_train": len(train), "n_test": len(test), "devices": sorted(devices)}
-
-
-def argparse_like(row: dict):
-    """The attack flags of a results row, as eval_units reads them."""
-    return type("EvalArgs", (), {"attack": row.get("attack"), "test_numsteps": row.get("steps") or 0,
-                                 "test_eps": row.get("eps") or 0})()
 
 
 def paper_3090_rate() -> float:
@@ -312,19 +296,20 @@ def estimate(runs: dict, st: dict, out: Path) -> list[str]:
     per_arch: dict = {}
     unknown = 0
     for key, run in runs.items():
-        arch = str(run.args.arch)
+        arch = str(run.settings.model.arch)
         acc = per_arch.setdefault(arch, {"train": 0.0, "test": 0.0})
         if st["runs"][key]["train"][0] in ("todo", "partial"):
-            steps = train_image_steps(run.args)
+            steps = train_image_steps(run.settings.train)
             if steps is None:
                 unknown += 1
             else:
-                acc["train"] += steps * train_units(run.args)
+                acc["train"] += steps * train_units(run.settings)
         for ek, ev in run.evals.items():
             for d in st["runs"][key]["evals"][ek][1]:
-                n = set_size(d, "test", run.args.root)
-                n = min(n, ev.args.n_samples) if n and ev.args.n_samples else n
-                acc["test"] += (n or 0) * eval_units(ev.args)
+                n = set_size(d, "test", run.settings.train.root)
+                e = ev.settings.eval
+                n = min(n, e.n_samples) if n and e.n_samples else n
+                acc["test"] += (n or 0) * eval_units(e.attack, e.test_numsteps, e.test_eps)
     lines, paper_rate = [], None
     for arch, acc in per_arch.items():
         if not acc["train"] and not acc["test"]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from reports.comparison import cell_stats, comparison_csv, comparison_latex, comparison_markdown, mean_cell
+from reports.tables import cell_stats, comparison_csv, comparison_latex, comparison_markdown, mean_cell
 from reports.plots import draw_trade_off, save_figure
 
 PAPER_DIR = Path(__file__).resolve().parents[1] / "configs" / "paper"

@@ -1,7 +1,7 @@
-"""README "Adding a method", applied for real: its three blocks (a loss, a method class, a YAML) are
-added to a fresh copy of the repository, and nothing else is edited. The new method must then train
-with two values of its own flag into two run folders, show its label in the table, and run in
-`METHOD=tecoa_ls bash main.sh smoke`.
+"""docs/adding_a_method.md, applied for real: its two files (a method file, a YAML) are written into a
+fresh copy of the repository, nothing else is edited, and the page's own commands are run there
+(each shortened by a few flags). The new method must train with two values of its own flag into two
+run folders, show its label in the table, and run in `METHOD=tecoa_ls bash main.sh smoke`.
 
     python -m pytest -q tests/test_adding_a_method.py
 """
@@ -16,11 +16,13 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"<!-- add to: (\S+) -->\s*```\w*\n(.*?)```", re.S)
-
-
-def readme_blocks() -> dict[str, str]:
-    return {path: code for path, code in BLOCK.findall((ROOT / "README.md").read_text())}
+PAGE = ROOT / "docs" / "adding_a_method.md"
+FILE_BLOCK = re.compile(r"<!-- file: (\S+) -->\s*```\w*\n(.*?)```", re.S)
+RUN_BLOCK = re.compile(r"<!-- run after adding the files above -->\s*```bash\n(.*?)```", re.S)
+# What shortens each command of the page (the synthetic world and the smoke run, a few steps).
+SHORT = {"python tga_zsr.py": ["--device", "cpu", "--max_steps", "2", "--testdata", "synthetic_colors",
+                               "--n_samples", "8", "--test_numsteps", "1"],
+         "bash main.sh smoke": ["--max_steps", "2", "--n_samples", "12", "--test_numsteps", "2"]}
 
 
 def fresh_copy(dest: Path) -> Path:
@@ -37,39 +39,47 @@ def fresh_copy(dest: Path) -> Path:
     return dest
 
 
-def run(cmd, cwd, env=None):
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out.stdout
+def page_commands() -> list[str]:
+    (block,) = RUN_BLOCK.findall(PAGE.read_text())
+    lines = [line.split("  #")[0].strip() for line in block.splitlines()]
+    return [line for line in lines if line]
 
 
-def test_readme_example_adds_a_method_touching_only_its_own_files(tmp_path):
-    blocks = readme_blocks()
-    assert sorted(blocks) == ["configs/tecoa_ls.yaml", "losses.py", "methods.py"]
+def shortened(command: str) -> str:
+    extra = next((flags for start, flags in SHORT.items() if start in command), [])
+    return " ".join([command, *extra])
+
+
+def test_the_page_adds_a_method_touching_only_its_own_files(tmp_path):
+    files = dict(FILE_BLOCK.findall(PAGE.read_text()))
+    assert sorted(files) == ["configs/tecoa_ls.yaml", "methods/tecoa_ls.py"]
     repo = fresh_copy(tmp_path / "repo")
-    assert not (repo / "configs/tecoa_ls.yaml").exists()
-    for path, code in blocks.items():
-        with open(repo / path, "a") as f:
-            f.write(("\n\n" if path.endswith(".py") else "") + code)
+    assert not any((repo / path).exists() for path in files)
+    before = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file() and not p.is_symlink()}
+    for path, code in files.items():
+        (repo / path).write_text(code)
 
-    py = [sys.executable, "tga_zsr.py", "-c", "configs/synthetic.yaml", "--Method", "tecoa_ls", "--device", "cpu",
-          "--max_steps", "2", "--testdata", "synthetic_colors", "--n_samples", "8", "--test_numsteps", "1",
-          "--output_dir", "out"]
-    for eps in ("0.1", "0.3"):
-        run(py + ["--label_smoothing", eps], repo)
-    runs = sorted((repo / "out").iterdir())
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin", HOME=str(tmp_path),
+               VIRTUAL_ENV=str(Path(sys.executable).parent.parent))
+    commands = page_commands()
+    assert len(commands) == 4 and "report.py table" in commands[2]
+    outputs = []
+    for command in commands:
+        out = subprocess.run(["bash", "-c", shortened(command)], cwd=repo, capture_output=True, text=True,
+                             timeout=600, env=env)
+        assert out.returncode == 0, command + "\n" + out.stdout[-3000:] + out.stderr[-3000:]
+        outputs.append(out.stdout)
+
+    runs = sorted((repo / "checkpoints").glob("tecoa_ls_*"))
     assert [r.name.split("_")[-2] for r in runs] == ["ls0.1", "ls0.3"]          # two folders, named by the flag
     for r, eps in zip(runs, (0.1, 0.3)):
         assert yaml.safe_load((r / "args.yaml").read_text())["label_smoothing"] == eps
         row = json.loads((r / "results.jsonl").read_text().splitlines()[0])
         assert (row["method"], row["label"]) == ("tecoa_ls", "TeCoA-LS")
-    table = run([sys.executable, "tga_zsr.py", "--table", *map(str, runs)], repo)
-    assert all(f"| TeCoA-LS ({r.name}) |" in table for r in runs)
+    assert all(f"| TeCoA-LS ({r.name}) |" in outputs[2] for r in runs)
 
-    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
-           "VIRTUAL_ENV": str(Path(sys.executable).parent.parent)}
-    run(["bash", "main.sh", "smoke", "--output_dir", str(tmp_path / "smoke"), "--max_steps", "2",
-         "--n_samples", "12", "--test_numsteps", "2"], repo, env=dict(os.environ, METHOD="tecoa_ls", **env))
-    smoke = next((tmp_path / "smoke").glob("smoke-tecoa_ls-*"))
+    smoke = next((repo / "checkpoints").glob("smoke-tecoa_ls-*"))
     assert yaml.safe_load((smoke / "args.yaml").read_text())["learning_rate"] == 1e-3   # 1e-5 × 100
     assert json.loads((smoke / "results.jsonl").read_text().splitlines()[0])["label"] == "TeCoA-LS"
+    changed = [str(p.relative_to(repo)) for p, data in before.items() if p.read_bytes() != data]
+    assert not changed, f"adding a method edited {changed}"

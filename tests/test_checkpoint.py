@@ -8,7 +8,7 @@ import torch
 import yaml
 
 import tga_zsr
-from engine.checkpoint import load_visual_weights
+from engine.weights import load_visual_weights
 from engine.weights import save_clip
 from engine.model import load_clip
 from tests.eval_fixtures import register_tiny_sets

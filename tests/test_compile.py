@@ -19,6 +19,8 @@ from engine.model import load_clip
 from engine.device import compile_module
 from engine.settings import parse_args
 from engine.train import build_optimizer, trainable_parameters
+from engine.settings import Settings
+from engine.train import build_method
 
 PROMPTS = [f"This is a photo of a thing{i}" for i in range(6)]
 BACKEND = "aot_eager"
@@ -36,7 +38,7 @@ def two_steps(method_name: str, compiled: bool) -> tuple[list[float], dict]:
     model = load_clip("tiny-vit", None)
     with torch.no_grad():
         text = model.encode_text(PROMPTS)
-    method = methods.build_method(args, model, text, PROMPTS, [f"thing{i}" for i in range(6)], n_train=8)
+    method = build_method(Settings.from_args(args), model, text, PROMPTS, [f"thing{i}" for i in range(6)], n_train=8)
     if compiled:
         if getattr(method, "cams", None):
             # torch does not guard compiled graphs on module hooks: a graph traced for another test's
@@ -46,7 +48,7 @@ def two_steps(method_name: str, compiled: bool) -> tuple[list[float], dict]:
             if tower is not None:
                 compile_module(tower, backend=BACKEND)
     params = trainable_parameters(model, method.trains, args.last_num_ft, method.trainable_extra())
-    opt = build_optimizer(args, params)
+    opt = build_optimizer(Settings.from_args(args).train, params)
     g = torch.Generator().manual_seed(1)
     x, y = torch.rand(4, 3, 32, 32, generator=g), torch.tensor([0, 3, 3, 5])
     torch.manual_seed(2)   # the training attack's random starts: the same draws in both runs

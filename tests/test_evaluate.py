@@ -7,6 +7,7 @@ import torch
 import attacks
 from engine import evaluate
 from engine import results
+from reports import tables
 import tga_zsr
 from attacks import ce_loss_sum, pgd
 from tests.eval_fixtures import register_tiny_sets, tiny_data
@@ -173,8 +174,8 @@ def test_results_rows_and_resume_after_interruption(tmp_path, monkeypatch):
     assert calls == ["test_tiny5"], "only the unfinished dataset is evaluated again"
     assert [r["dataset"] for r in evaluate.read_results(cut_path)] == sets
 
-    full_t = results.build_tables(results.load_runs([str(tmp_path / "full")]))
-    cut_t = results.build_tables(results.load_runs([str(tmp_path / "cut")]))
+    full_t = tables.build_tables(tables.load_runs([str(tmp_path / "full")]))
+    cut_t = tables.build_tables(tables.load_runs([str(tmp_path / "cut")]))
     strip = lambda ts: [(t["title"], t["datasets"], [(r["cells"], r["robust"], r["clean"]) for r in t["rows"]])  # noqa: E731
                         for t in ts]
     assert strip(full_t) == strip(cut_t)
@@ -183,5 +184,5 @@ def test_results_rows_and_resume_after_interruption(tmp_path, monkeypatch):
     calls.clear()
     assert _eval_cli(tmp_path, "cut", sets[:1], "--test_eps", "2") == 0
     assert calls == ["test_tiny3"]
-    titles = [t["title"] for t in results.build_tables(results.load_runs([str(tmp_path / "cut")]))]
+    titles = [t["title"] for t in tables.build_tables(tables.load_runs([str(tmp_path / "cut")]))]
     assert titles == ["PGD-2, ε = 1/255, step 1/255, l_inf, fp32", "PGD-2, ε = 2/255, step 1/255, l_inf, fp32"]

@@ -15,6 +15,8 @@ import yaml
 import datasets
 from engine import evaluate
 from engine import results
+from reports import tables
+import report
 import tga_zsr
 from attacks import attacks_for, no_param_grad
 from engine.checkpoint import trainable_state
@@ -23,7 +25,7 @@ from engine.model import MODEL_CONFIG_DIR, load_clip
 from engine.evaluate import attack_batch, eval_transform, evaluate_dataset
 from reports.model_card import at_chance, leaderboard
 from engine.settings import parse_args
-from engine.protocols import protocol_label
+from engine.settings import protocol_label
 from tests.dataset_fixtures import write_cifar10
 from tests.eval_fixtures import register_tiny_sets, tiny_data
 
@@ -112,11 +114,11 @@ def test_fp32_and_bf16_attacks_record_their_gap(tmp_path):
     assert (fp32["attack_precision"], bf16["attack_precision"]) == ("fp32", "bf16")
     assert fp32["precision"] == bf16["precision"] == "fp32"  # predictions stay in --precision
     gap = bf16["robust_acc"] - fp32["robust_acc"]
-    tables = results.build_tables(results.load_runs([str(tmp_path / "prec")]))
-    low = next(t for t in tables if "attacks in bf16" in t["title"])
+    built = tables.build_tables(tables.load_runs([str(tmp_path / "prec")]))
+    low = next(t for t in built if "attacks in bf16" in t["title"])
     assert low["rows"][0]["precision_gap"]["points"] == pytest.approx(gap)
-    assert low["rows"][0]["precision_gap"]["masking"] == (gap > results.PRECISION_GAP_FLAG)
-    assert "against fp32 attacks" in results.to_markdown(tables)
+    assert low["rows"][0]["precision_gap"]["masking"] == (gap > tables.PRECISION_GAP_FLAG)
+    assert "against fp32 attacks" in tables.to_markdown(built)
     card = json.loads((tmp_path / "prec" / "model_card.json").read_text())
     bf = next(e for e in card["evaluations"] if e["attack_precision"] == "bf16")
     assert bf["precision_gap"]["points"] == pytest.approx(gap, abs=0.005)  # the card rounds to 2 decimals
@@ -126,11 +128,11 @@ def test_a_gap_above_the_threshold_is_flagged():
     base = {"dataset": "cifar10", "attack": "pgd", "norm": "l_inf", "eps": 1.0, "steps": 10, "step_size": 1.0,
             "n_samples": 0, "precision": "fp32", "clean_acc": 80.0, "method": "x"}
     rows = [{**base, "attack_precision": "fp32", "robust_acc": 30.0},
-            {**base, "attack_precision": "amp", "robust_acc": 30.0 + 2 * results.PRECISION_GAP_FLAG}]
-    tables = results.build_tables([("run", rows)])
-    flagged = [r["precision_gap"] for t in tables for r in t["rows"] if r.get("precision_gap")]
-    assert flagged == [{"vs": "fp32", "points": 2 * results.PRECISION_GAP_FLAG, "datasets": 1, "masking": True}]
-    assert "possible gradient masking" in results.to_markdown(tables)
+            {**base, "attack_precision": "amp", "robust_acc": 30.0 + 2 * tables.PRECISION_GAP_FLAG}]
+    built = tables.build_tables([("run", rows)])
+    flagged = [r["precision_gap"] for t in built for r in t["rows"] if r.get("precision_gap")]
+    assert flagged == [{"vs": "fp32", "points": 2 * tables.PRECISION_GAP_FLAG, "datasets": 1, "masking": True}]
+    assert "possible gradient masking" in tables.to_markdown(built)
 
 
 def test_old_results_rows_still_count_as_done(tmp_path, monkeypatch):
@@ -143,7 +145,7 @@ def test_old_results_rows_still_count_as_done(tmp_path, monkeypatch):
     (tmp_path / "old" / "results.jsonl").write_text(json.dumps(row) + "\n")
     monkeypatch.setattr(evaluate, "evaluate_dataset", lambda *a, **k: pytest.fail("an old row was redone"))
     assert _eval(tmp_path, "old") == 0
-    old_title = results.build_tables(results.load_runs([str(tmp_path / "old")]))[0]["title"]
+    old_title = tables.build_tables(tables.load_runs([str(tmp_path / "old")]))[0]["title"]
     assert old_title == "PGD-2, ε = 4/255, step 1/255, l_inf, fp32"
 
 
@@ -151,8 +153,8 @@ def test_protocols_set_flags_and_label_every_result(tmp_path):
     args = parse_args(["--protocol", "robustvlm"])
     assert (args.attack, args.aa_version, args.test_eps, args.n_samples) == ("autoattack", "apgd-ce-t", [2, 4], 1000)
     assert (args.precision, args.attack_precision, args.transform) == ("fp32", "fp32", "robustvlm")
-    assert protocol_label(args) == "robustvlm"
-    assert protocol_label(parse_args(["--protocol", "robustvlm", "--n_samples", "10"])) == \
+    assert protocol_label(vars(args)) == "robustvlm"
+    assert protocol_label(vars(parse_args(["--protocol", "robustvlm", "--n_samples", "10"]))) == \
         "robustvlm (modified: n_samples=10)"
     assert parse_args(["--protocol", "tecoa"]).batch_stride == 20
     with pytest.raises(SystemExit):
@@ -163,7 +165,7 @@ def test_protocols_set_flags_and_label_every_result(tmp_path):
     (row,) = _rows(tmp_path / "proto")
     assert row["protocol"].startswith("tecoa (modified: testdata=['test_tiny5']")
     assert row["batch_stride"] == "2x2" and row["n"] == 6  # batches 0, 2, 4 of 2 images out of 10
-    assert "protocol tecoa" in results.build_tables(results.load_runs([str(tmp_path / "proto")]))[0]["title"]
+    assert "protocol tecoa" in tables.build_tables(tables.load_runs([str(tmp_path / "proto")]))[0]["title"]
 
 
 def test_robustvlm_attacks_cifar_at_native_resolution_and_resizes_inside_the_model(tmp_path, tiny_model):
@@ -200,7 +202,7 @@ def test_model_card_leaderboard_and_saved_adversarial_examples(tmp_path, capsys)
     other["evaluations"][0]["headline"]["robust"] = r + 10
     text = leaderboard([card, other])
     assert text.index("| 1 | better |") < text.index(f"| 2 | {card['model']['name']} |")
-    assert tga_zsr.main(["--leaderboard", str(tmp_path)]) == 0
+    assert report.main(["leaderboard", str(tmp_path)]) == 0
     assert card["model"]["name"] in capsys.readouterr().out
 
 
@@ -219,7 +221,7 @@ def test_export_loads_in_plain_open_clip_with_equal_logits(tmp_path, tiny_model,
     torch.save({**trainable_state(trained), "step": 3, "epoch": 1,
                 "meta": {"arch": "tiny-vit", "quick_gelu": True, "method": "tecoa", "finished": True}}, run / "last.pt")
     (run / "args.yaml").write_text(yaml.safe_dump({"Method": "tecoa", "arch": "tiny-vit", "pretrained": str(base)}))
-    assert tga_zsr.main(["--export", str(run), "--format", fmt]) == 0
+    assert report.main(["export", str(run), "--format", fmt]) == 0
     out = run / "export"
     open_clip.add_model_config(MODEL_CONFIG_DIR)  # the tiny architecture is ours, not open_clip's
     plain = (open_clip.create_model("tiny-vit", pretrained=str(out / "run.pt")) if fmt == "open_clip"

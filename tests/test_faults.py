@@ -24,6 +24,7 @@ import yaml
 from engine import evaluate
 import methods
 from engine import results
+import report
 import tga_zsr
 from engine.checkpoint import load_file
 from datasets import prepare
@@ -76,15 +77,15 @@ def test_corrupt_test_image_stops_naming_it_or_is_skipped_and_counted(tmp_path, 
     assert (tiny["dataset"], tiny["n"], tiny["skipped"]) == ("tinyImageNet", 4, 1)  # 5 images, 1 unreadable
     assert [r["dataset"] for r in results.read_results(out / "e")] == ["synthetic_colors", "tinyImageNet"]
     assert str(bad) in capsys.readouterr().out, "each skipped image is named"
-    assert tga_zsr.main(["--table", str(out / "e")]) == 0
+    assert report.main(["table", str(out / "e")]) == 0
     table = capsys.readouterr().out
     assert "†" in table and "1 unreadable image(s) skipped (--skip_corrupt); accuracy over the 4 read" in table
 
     # python -m datasets.prepare --verify --deep finds it (the quick check decodes only a few images)
     code = prepare.main(["--root", str(data), "--verify", "tinyImageNet", "--deep", "--expect",
                          "tinyImageNet=5:3", "tinyImageNet[train]=6:3"])
-    report = capsys.readouterr().out
-    assert code == 1 and "CORRUPT" in report and str(bad) in report and "1 image(s) cannot be decoded" in report
+    printed = capsys.readouterr().out
+    assert code == 1 and "CORRUPT" in printed and str(bad) in printed and "1 image(s) cannot be decoded" in printed
 
 
 def test_corrupt_training_image_checkpoints_then_resumes_with_skip(tmp_path, capsys):
@@ -218,7 +219,7 @@ def test_broken_results_jsonl(tmp_path, capsys):
     lines = [json.dumps(good), "Traceback (most recent call last):", json.dumps({**good, "dataset": "STL10"}),
              json.dumps({"dataset": "dtd", "n": 10, "clean_acc": 40.0}), '{"dataset": "Food101", "n": 1']
     (run / "results.jsonl").write_text("\n".join(lines))
-    assert tga_zsr.main(["--table", str(run)]) == 0
+    assert report.main(["table", str(run)]) == 0
     out, err = capsys.readouterr()
     assert "| TeCoA | 30.00 | 50.00 |" in out and "STL10 Robust" in out and "dtd" not in out
     assert "line 2 ignored: not JSON" in err

@@ -25,6 +25,8 @@ from engine.model import load_clip
 from datasets.common import resize_center_crop, resize_square, rgb_first
 from engine.evaluate import evaluate_dataset
 from engine.settings import parse_args
+from engine.settings import Settings
+from engine.train import build_method
 
 # The floor of requirements.txt, torch 2.3.0: the parameters of the two constructors we call, as
 # `inspect.signature` lists them there (read from an installed torch 2.3.0).
@@ -98,7 +100,7 @@ def test_bf16_training_step_and_pgd_step(tiny_model):
     prompts = [f"This is a photo of a c{i}" for i in range(5)]
     with torch.no_grad():
         text = tiny_model.encode_text(prompts)
-    method = methods.build_method(args, tiny_model, text, prompts, [f"c{i}" for i in range(5)])
+    method = build_method(Settings.from_args(args), tiny_model, text, prompts, [f"c{i}" for i in range(5)])
     x, y = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3])
     cpu = torch.device("cpu")
     terms = {}

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.losses import tga_zsr_loss
+from methods.tga_zsr import tga_zsr_loss
 
 
 def reference_terms(model, frozen, x, x_adv, y, T, distance):

@@ -12,13 +12,21 @@ import torch
 import torch.nn.functional as F
 
 import methods
-from methods.losses import (fare_embedding_loss, hyperspherical_energy, in_batch_contrastive_loss, pmg_aft_loss,
-                    tga_zsr_loss, text_distance_margins)
+from methods import pmg_aft
+from methods.comp_tga import negative_prompts
+from methods.fare import fare_embedding_loss
+from methods.tima import hyperspherical_energy, text_distance_margins
+from methods.ft import in_batch_contrastive_loss
+from methods.pmg_aft import pmg_aft_loss
+from methods.tga_zsr import tga_zsr_loss
 from attention import GradCAM
 from engine.checkpoint import trainable_state
 from engine.settings import mini_learning_rate, parse_args
 from engine.prompters import install_prompter, remove_prompter
 from engine.train import build_optimizer, trainable_parameters
+from engine.settings import Settings
+from engine.train import build_method
+from engine.model import install_prompts
 
 ALL = methods.available_methods()   # data-driven: a new method is tested here without editing this file
 PROMPTS = [f"This is a photo of a thing{i}" for i in range(6)]
@@ -132,16 +140,16 @@ def test_pmg_aft_attack_ascends_the_temperature_one_ce(tiny_model, monkeypatch):
     out here (uniform start, sign steps, clip to the ε-ball and to [0, 1])."""
     model = tiny_model
     args = parse_args(["--Method", "PMG-AFT", "--train_eps", "4", "--train_stepsize", "1", "--train_numsteps", "3"])
-    method = methods.build_method(args, model, text_of(model))
+    method = build_method(Settings.from_args(args), model, text_of(model))
     x, y = batch()
     T, eps, alpha = method.text, 4 / 255, 1 / 255
     seen = {}
-    real_loss = methods.pmg_aft_loss
+    real_loss = pmg_aft.pmg_aft_loss
 
     def spy(model_, frozen, x_, x_adv, *rest):
         seen["x_adv"] = x_adv
         return real_loss(model_, frozen, x_, x_adv, *rest)
-    monkeypatch.setattr(methods, "pmg_aft_loss", spy)
+    monkeypatch.setattr(pmg_aft, "pmg_aft_loss", spy)
     torch.manual_seed(0)
     method.step(x, y)
 
@@ -194,7 +202,7 @@ def test_alpha_beta_zero_tga_equals_tecoa(tiny_model):
     x_adv = (x - 2 / 255).clamp(0, 1)
     T = text_of(model)
     tga = tga_zsr_loss(model, frozen, x, x_adv, y, T, 0.0, 0.0)["loss"]
-    tecoa = methods.build_method(parse_args(["--Method", "TeCoA", "--VPbaseline"]), model, T).step(x_adv, y)["loss"]
+    tecoa = build_method(Settings.from_args(parse_args(["--Method", "TeCoA", "--VPbaseline"])), model, T).step(x_adv, y)["loss"]
     assert torch.equal(tga, tecoa)
     logits = model.logit_scale * F.normalize(model.image_tokens(x_adv)[:, 0], dim=-1) @ T.t()
     # the CLS-only path vs the full tokens: logits within s·3.4e-6 = 5e-5 (test_clip_model), the CE ≈ 2.2
@@ -213,7 +221,7 @@ def test_comp_tga_map_is_complementary(tiny_model):
     x, y = batch()
     x_adv = (x + 3 / 255).clamp(0, 1)
     T = text_of(model)
-    neg_prompts = methods.negative_prompts(PROMPTS)
+    neg_prompts = negative_prompts(PROMPTS)
     assert neg_prompts[0] == "This is not a photo of a thing0"
     Tn = text_of(model, neg_prompts)
     out = tga_zsr_loss(model, frozen, x, x_adv, y, T, 0.1, 0.07, "l2", negative_text_features=Tn)
@@ -243,7 +251,7 @@ def test_comp_tga_negative_text_computed_once(tiny_model):
     calls = []
     orig = model.encode_text
     model.encode_text = lambda p, **k: calls.append(len(p)) or orig(p, **k)
-    method = methods.build_method(args, model, T, PROMPTS)
+    method = build_method(Settings.from_args(args), model, T, PROMPTS)
     x, y = batch()
     method.step(x, y)
     method.step(x, y)
@@ -255,7 +263,7 @@ def test_comp_tga_negative_text_computed_once(tiny_model):
 def _visual_method(model, differentiable):
     argv = ["--Method", "TGA-ZSR", "--atten_methods", "visual", "--VPbaseline"]
     args = parse_args(argv + (["--differentiable_cam"] if differentiable else []))
-    return methods.build_method(args, model, text_of(model))
+    return build_method(Settings.from_args(args), model, text_of(model))
 
 
 @pytest.mark.parametrize("differentiable", [False, True])
@@ -370,11 +378,11 @@ def test_only_prompts_receive_gradients_and_change(tiny_model, kind):
     model = tiny_model
     args = parse_args(["--Method", "tecoa_vpt", "-c", "configs/synthetic.yaml", "--method", kind, "--prompt_size", "30",
                        "--add_prompt_size", "3", "--learning_rate", "1.0", "--warmup", "1"])
-    method = methods.build_method(args, model, text_of(model))
+    method = build_method(Settings.from_args(args), model, text_of(model))
     params = trainable_parameters(model, method.trains)
     prompter = model.prompter
     assert {id(p) for p in params} == {id(p) for p in prompter.parameters()}
-    opt = build_optimizer(args, params)
+    opt = build_optimizer(Settings.from_args(args).train, params)
     before_clip = copy.deepcopy(model.clip.state_dict())
     before_prompts = {k: v.clone() for k, v in prompter.state_dict().items()}
     x, y = batch()
@@ -395,7 +403,7 @@ def _token_prompted(model, lr=0.1, n=50):
     args = parse_args(["--Method", "tecoa_vpt", "-c", "configs/synthetic.yaml", "--method", "null_patch",
                        "--add_prompt_size", str(n), "--learning_rate", str(lr), "--momentum", "0", "--VPbaseline"])
     torch.manual_seed(0)
-    methods.prepare_model(model, args)
+    install_prompts(model, Settings.from_args(args).model)
     return args, model.prompter.token_prompter
 
 
@@ -416,10 +424,10 @@ def test_token_positional_embedding_is_zero_and_never_trained(tiny_model):
     args, tp = _token_prompted(model, lr)
     assert [n for n, _ in model.prompter.named_parameters()] == ["token_prompter.tokens"]
     assert set(model.prompter.state_dict()) == {"token_prompter.tokens"}     # the zero buffer is not saved
-    method = methods.build_method(args, model, text_of(model))
+    method = build_method(Settings.from_args(args), model, text_of(model))
     params = trainable_parameters(model, method.trains)
     assert {id(p) for p in params} == {id(tp.tokens)}
-    opt = build_optimizer(args, params)
+    opt = build_optimizer(Settings.from_args(args).train, params)
     x, y = batch()
     appended = (tp.tokens + tp.positional_embedding).detach().clone()
     loss = method.step(x, y)["loss"]
@@ -439,7 +447,7 @@ def test_checkpoint_with_a_trained_positional_embedding_loads_with_the_same_prom
     """A checkpoint written before the positional embedding became a buffer holds it as a trained
     parameter (`token_prompter.positional_embedding`). It loads strictly, folded into the tokens: the
     tokens that enter ln_pre are the old model's `tokens + positional_embedding`."""
-    from engine.checkpoint import load_visual_weights
+    from engine.weights import load_visual_weights
     model = tiny_model
     prompter = install_prompter(model, "padding", 30, 3)
     g = torch.Generator().manual_seed(0)
@@ -477,15 +485,10 @@ def test_random_patch_corner_excludes_the_last_position():
 
 def test_tecoa_vpt_runs_tecoas_published_command():
     """TeCoA's "w/ Prompting" command passes no --method (our --pixel_prompt): its default padding prompt of 30 joins the
-    100 tokens (SPEC §4). The config, main.sh's row and the mini world's scaled version say so."""
+    100 tokens. The config (which `bash main.sh tecoa_vpt` runs) and the mini world's scaled version say so."""
     from engine.prompters import PixelPrompter
     vpt = parse_args(["--Method", "tecoa_vpt"])
     assert (vpt.pixel_prompt, vpt.prompt_size, vpt.add_prompt_size) == ("padding", 30, 100)
-    text = (ROOT / "main.sh").read_text()
-    block = text[text.index("    tecoa_vpt)"):]
-    words = block[:block.index(";;")].replace("\\\n", " ").split()
-    assert words[words.index("--pixel_prompt") + 1] == "padding" and words[words.index("--prompt_size") + 1] == "30"
-    assert words[words.index("--add_prompt_size") + 1] == "100"
     for cfg in ("configs/mini.yaml", "configs/smoke.yaml"):  # 32×32 world images: a border that fits
         a = parse_args(["-c", cfg, "--Method", "tecoa_vpt"])
         assert a.pixel_prompt == "padding" and 0 < a.prompt_size < 16
@@ -504,8 +507,8 @@ def test_vpt_checkpoint_round_trip_through_eval_only(tmp_path):
     model = load_clip("tiny-vit", None)
     args = parse_args(["--resume", str(tmp_path / "vpt"), "--eval_only"])
     assert args.adaptation_method == "VPT" and args.add_prompt_size == 4
-    methods.prepare_model(model, args)
-    from engine.checkpoint import load_visual_weights
+    install_prompts(model, Settings.from_args(args).model)
+    from engine.weights import load_visual_weights
     load_visual_weights(model, tmp_path / "vpt" / "last.pt")
     for k, v in ck["prompter_state_dict"].items():
         assert torch.equal(model.prompter.state_dict()[k], v)
@@ -516,7 +519,7 @@ def test_vpt_checkpoint_round_trip_through_eval_only(tmp_path):
 def test_fare_inner_attack_increases_the_embedding_loss(tiny_model):
     model = tiny_model
     args = parse_args(["--Method", "FARE", "--train_eps", "4"])
-    method = methods.build_method(args, model, text_of(model))
+    method = build_method(Settings.from_args(args), model, text_of(model))
     frozen = method.frozen
     x, y = batch()
     with torch.no_grad():
@@ -557,7 +560,7 @@ def _setup(method_name, model, extra=()):
     args = parse_args(["-c", "configs/synthetic.yaml", "--Method", method_name, "--warmup", "1",
                        "--train_numsteps", "2", "--add_prompt_size", "2", *extra])
     T = text_of(model, data.prompts)
-    method = methods.build_method(args, model, T, list(data.prompts), list(data.classnames), len(data))
+    method = build_method(Settings.from_args(args), model, T, list(data.prompts), list(data.classnames), len(data))
     xs, ys = zip(*[data.dataset[i] for i in range(6)])
     return method, args, torch.stack(xs), torch.tensor(ys)
 
@@ -573,7 +576,7 @@ def test_training_steps_lower_the_loss(tiny_model, name):
             g = torch.Generator().manual_seed(1)
             for p in model.visual.parameters():
                 p.add_(0.02 * torch.randn(p.shape, generator=g))
-    opt = build_optimizer(args, trainable_parameters(model, method.trains, args.last_num_ft, method.trainable_extra()))
+    opt = build_optimizer(Settings.from_args(args).train, trainable_parameters(model, method.trains, args.last_num_ft, method.trainable_extra()))
     term = TRAINED_TERM.get(name, "loss")
 
     def measured():
@@ -598,7 +601,7 @@ def test_tima_trains_the_text_tower_and_saves_it(tiny_model):
     last = len(model.clip.transformer.resblocks) - 1
     assert "text_projection" in names and any(n.startswith(f"transformer.resblocks.{last}.") for n in names)
     assert not any(n.startswith("transformer.resblocks.0.") for n in names)
-    opt = build_optimizer(args, trainable_parameters(model, method.trains, 0, extra))
+    opt = build_optimizer(Settings.from_args(args).train, trainable_parameters(model, method.trains, 0, extra))
     before = {n: p.detach().clone() for n, p in extra.items()}
     loss = method.step(x, y)["loss"]
     opt.zero_grad()

@@ -27,7 +27,7 @@ import torch
 import paper
 from reports import paper_tables as PT
 from reports.paper_runs import training_state
-from reports.comparison import comparison_csv, comparison_latex, comparison_markdown, format_cell
+from reports.tables import comparison_csv, comparison_latex, comparison_markdown, format_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 CKPT = ROOT / "checkpoints" / "tiny-world-clip.pt"
@@ -147,8 +147,8 @@ def test_shared_runs_are_planned_once_and_missing_data_is_named(tmp_path, capsys
     plan = paper.build_plan(ids, mini=False, extra=["--root", str(tmp_path)], out=tmp_path / "out")
     # T1: 6 methods + TGA-ZSR × 3 seeds; T7 adds L_CE and + L_AR; T14 five pairs; T18 cos, l1; T20 two rates
     assert len(plan.runs) == 9 + 2 + 5 + 2 + 2
-    tga = [r for r in plan.runs.values() if r.method == "tga_zsr" and r.args.seed == 0 and r.args.Alpha == 0.08
-           and r.args.Beta == 0.05 and r.args.Distance_metric == "l2" and r.args.learning_rate == 1e-4]
+    tga = [r for r in plan.runs.values() if r.method == "tga_zsr" and r.settings.values['seed'] == 0 and r.settings.values['Alpha'] == 0.08
+           and r.settings.values['Beta'] == 0.05 and r.settings.values['Distance_metric'] == "l2" and r.settings.values['learning_rate'] == 1e-4]
     assert len(tga) == 1 and tga[0].tables == ids                     # one run serves all five tables
     assert all(len(r.evals) == 1 and len(next(iter(r.evals.values())).datasets) == 16 for r in plan.runs.values())
     assert paper.main(["T7", "T9", "--plan", "--out", str(tmp_path / "out"), "--", "--root", str(tmp_path)]) == 0
@@ -301,15 +301,10 @@ def test_a_runs_identity_ignores_defaults_and_evaluation_flags():
     from reports import paper_runs
     base = ["-c", "configs/mini.yaml", "--Method", "tga_zsr", "--seed", "0"]
     key = paper_runs.make_run(base, "test", "world_train").key
-    args = paper_runs.make_run(base, "test", "world_train").args
-    now = paper_runs.identity(args)
-    defaults = paper_runs.parser_defaults()
-    saved = defaults.pop("skip_corrupt")    # the project as it was before --skip_corrupt existed
-    delattr(args, "skip_corrupt")
-    try:
-        assert paper_runs.identity(args) == now
-    finally:
-        defaults["skip_corrupt"] = saved
+    values = dict(paper_runs.make_run(base, "test", "world_train").settings.values)
+    now = paper_runs.identity(values)
+    del values["skip_corrupt"]              # a run of the project as it was before --skip_corrupt existed
+    assert paper_runs.identity(values) == now
     assert paper_runs.make_run(base + ["--attack_precision", "fp32", "--test_eps", "8"], "test", "world_train").key == key
     assert paper_runs.make_run(base + ["--Alpha", "0.07"], "test", "world_train").key != key
     assert paper_runs.make_run(base + ["--seed", "1"], "test", "world_train").key != key

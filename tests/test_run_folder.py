@@ -1,4 +1,4 @@
-"""run_folder.py: the default run name carries each method's own settings; the header is written first.
+"""engine/run_folder.py: the default run name carries each method's own settings; the header is written first.
 
     python -m pytest -q tests/test_run_folder.py
 """
@@ -6,14 +6,12 @@ import json
 
 import yaml
 
-from methods import get_method
-from engine.settings import parse_args
 from engine.run_folder import run_name, write_run_header
+from engine.settings import Settings, parse_args
 
 
 def name_of(*argv):
-    args = parse_args(list(argv))
-    return run_name(args, get_method(args.Method or "tga_zsr", args.atten_methods))
+    return run_name(Settings.from_args(parse_args(list(argv))))
 
 
 def test_run_names_are_those_of_earlier_versions():
@@ -34,7 +32,7 @@ def test_a_methods_own_setting_names_its_folder():
 
 def test_header_records_the_resolved_flags_and_the_environment(tmp_path):
     args = parse_args(["-c", "configs/synthetic.yaml", "--Method", "FARE"])
-    write_run_header(tmp_path / "run", args)
+    write_run_header(tmp_path / "run", vars(args))
     saved = yaml.safe_load((tmp_path / "run" / "args.yaml").read_text())
     assert saved["Method"] == "FARE" and saved["optimizer"] == "adamw" and saved["arch"] == "tiny-vit"
     env = json.loads((tmp_path / "run" / "environment.json").read_text())

@@ -7,7 +7,8 @@ import torch
 import yaml
 
 import tga_zsr
-from engine.checkpoint import load_file, load_visual_weights
+from engine.checkpoint import load_file
+from engine.weights import load_visual_weights
 from engine.model import load_clip
 from engine.train import lr_at
 

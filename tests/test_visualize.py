@@ -42,9 +42,9 @@ def test_training_writes_loss_curve(run):
     assert same_size(png_size(run / "loss_curve.png"), (3 * 3.4, 2 * 2.6 + 0.4), 120)
 
 
-def test_attention_grid_via_tga_zsr(run, tmp_path):
-    code = tga_zsr.main(["--visualize", "--resume", str(run), "--n_images", "2", "--device", "cpu",
-                         "--dpi", "50", "--steps", "1", "--out", str(tmp_path)])
+def test_attention_grid_via_visualize_py(run, tmp_path):
+    code = visualize.main(["--resume", str(run), "--n_images", "2", "--device", "cpu",
+                           "--dpi", "50", "--steps", "1", "--out", str(tmp_path)])
     assert code == 0
     w, h = visualize.attention_grid_size(2)
     assert (w, h) == (5 * 2.2 + 0.9, 2 * (2.2 + 0.35) + 0.45)
@@ -57,8 +57,7 @@ def test_attention_rows_use_the_evaluation_attack(run):
     import datasets
     from attacks import no_param_grad
     from engine.evaluate import attack_batch
-    args = visualize.run_args(run)
-    original, finetuned = visualize.load_models(run, args, torch.device("cpu"))
+    original, finetuned = visualize.load_models(run, visualize.run_settings(run), torch.device("cpu"))
     data = datasets.get_dataset("synthetic_colors", "", "test")
     settings = {"attack": "pgd", "norm": "l_inf", "eps": 4.0, "steps": 2, "step_size": 1.0, "seed": 0}
     idx = visualize.pick_indices(len(data), 2, seed=3)
@@ -94,11 +93,11 @@ def test_original_model_is_the_runs_start_and_plot_errors_are_soft(tmp_path, mon
     assert "loss curve not written (RuntimeError: plotting exploded)" in capsys.readouterr().out
     assert load_file(tmp_path / "lr0" / "last.pt")["step"] == 1
     saved = load_file(tmp_path / "lr0" / "last.pt")["vision_encoder_state_dict"]
-    args = visualize.run_args(tmp_path / "lr0")
-    start = visualize.original_model(args, torch.device("cpu")).visual.state_dict()
+    start = visualize.original_model(visualize.run_settings(tmp_path / "lr0"), torch.device("cpu")).visual.state_dict()
     assert all(torch.equal(saved[k], start[k]) for k in saved)
-    args.seed = 1  # another seed is another random model: the seed is what makes them equal
-    other = visualize.original_model(args, torch.device("cpu")).visual.state_dict()
+    # another seed is another random model: the seed is what makes them equal
+    reseeded = visualize.run_settings(tmp_path / "lr0", {"seed": 1})
+    other = visualize.original_model(reseeded, torch.device("cpu")).visual.state_dict()
     assert not all(torch.equal(saved[k], other[k]) for k in saved)
 
 
@@ -107,7 +106,7 @@ def test_finetuned_model_reproduces_the_runs_clean_accuracy(run):
     import datasets
     from engine.evaluate import evaluate_dataset
     from engine.results import read_results
-    _, finetuned = visualize.load_models(run, visualize.run_args(run), torch.device("cpu"))
+    _, finetuned = visualize.load_models(run, visualize.run_settings(run), torch.device("cpu"))
     data = datasets.get_dataset("synthetic_colors", "", "test")
     text = finetuned.encode_text(data.prompts)
     res = evaluate_dataset(finetuned, data, text, {"eps": 0, "step_size": 1, "steps": 0}, torch.device("cpu"),

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from attention import patch_attention, text_guided_attention
-from engine.checkpoint import load_visual_weights
+from engine.weights import load_visual_weights
 from engine.model import CLIP_MEAN, CLIP_STD, load_clip
 
 TOL = dict(atol=1e-5, rtol=1e-5)

@@ -1,13 +1,15 @@
-"""results.py: the challenge table from hand-written results.jsonl files (exact Markdown and CSV)."""
+"""reports/tables.py (`python report.py table`): the challenge table from hand-written results.jsonl files
+(exact Markdown and CSV)."""
 import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from engine import results
+from reports import tables as results
 from datasets import TABLE_ORDER
 from methods import method_label
+import report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,9 +23,9 @@ def row(dataset, robust, clean, method, run, eps=1, **kw):
 
 
 def table_main(argv):
-    """As `tga_zsr.py --table` calls it: the SPEC order of datasets, labels of rows that carry none
+    """As `python report.py table` calls it: the paper's order of datasets, labels of rows that carry none
     (these hand-written rows have the format of results written before rows carried labels)."""
-    return results.table_main(argv, order=TABLE_ORDER, label_of=method_label)
+    return report.main(["table", *argv])
 
 
 def build_tables(runs):
@@ -109,14 +111,14 @@ def test_a_rows_own_label_wins(tmp_path):
     assert [r["label"] for r in results.build_tables(results.load_runs([str(b)]))[0]["rows"]] == ["tecoa"]
 
 
-def test_table_through_tga_zsr_and_without_torch(tmp_path):
+def test_table_through_report_py_and_without_torch(tmp_path):
     a, b = two_runs(tmp_path)
-    code = ("import sys, tga_zsr; rc = tga_zsr.main(['--table', sys.argv[1], sys.argv[2]]); sys.exit(rc)")
-    out = subprocess.run([sys.executable, "-c", code, str(a), str(b)], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "report.py", "table", str(a), str(b)], cwd=ROOT, capture_output=True,
+                         text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(EXPECTED)
     # the table builder itself never imports torch (it must start instantly)
-    check = "import sys; from engine import results; sys.exit(int('torch' in sys.modules))"
+    check = "import sys; from reports import tables; sys.exit(int('torch' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", check], cwd=ROOT).returncode == 0
 
 
@@ -124,4 +126,4 @@ def test_no_results_says_what_to_do(tmp_path):
     import pytest
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="--eval_only --resume"):
-        results.table_main([str(tmp_path / "empty")])
+        table_main([str(tmp_path / "empty")])
