@@ -1,4 +1,4 @@
-"""Stateless attacks in [0, 1] pixel space (SPEC §0, §4 FARE, §5).
+"""Stateless attacks in [0, 1] pixel space (the training attack of every method, FARE's inner attack, the evaluation's attacks).
 
 `pgd(loss_fn, x, eps, alpha, steps)` returns the perturbation δ of the final iterate;
 `loss_fn(x_adv)` returns the scalar to maximise. Gradients are taken with respect to δ
@@ -7,7 +7,7 @@ switch parameter gradients off for the attack (`no_param_grad`) so the forward d
 record what a weight gradient would need. ε and step sizes are in pixel units here; the CLI
 takes them in 1/255 units.
 
-AutoAttack (SPEC §5, §10) comes from the `pyautoattack` package (`autoattack_batch`), in one of
+AutoAttack (paper Table 3; docs/evaluation.md) comes from the `pyautoattack` package (`autoattack_batch`), in one of
 three versions (`AA_VERSIONS`): `aa-papers` (APGD-CE + APGD-DLR, what TeCoA and TGA-ZSR call
 AutoAttack; APGD-CE alone below 4 classes, e.g. PCAM), `standard` (AutoAttack's own: APGD-CE,
 APGD-T, FAB-T, Square) and `apgd-ce-t` (APGD-CE + APGD-T, RobustVLM's). Targeted attacks get at
@@ -234,7 +234,7 @@ def pgd(loss_fn, x: torch.Tensor, eps: float, alpha: float, steps: int, norm: st
     """Projected gradient ascent on `loss_fn`; returns δ (detached) of the final iterate.
 
     l_inf: `δ ← Π(δ + α·sign(∇δ))`. l_2: `δ ← Π(δ + α·∇δ/‖∇δ‖)`. No restarts, no best-loss
-    tracking (SPEC §0). `momentum` (FARE's inner attack, SPEC §4): `v ← sign(μ·v + sign(∇δ))`,
+    tracking, as the original code. `momentum` (FARE's inner attack): `v ← sign(μ·v + sign(∇δ))`,
     `δ ← Π(δ + α·v)`. Works under autocast: δ stays fp32, the loss may be half precision.
     `update`: the l_inf step without momentum (`compiled_linf_update()` under `--compile`).
     """
@@ -264,7 +264,7 @@ def pgd(loss_fn, x: torch.Tensor, eps: float, alpha: float, steps: int, norm: st
 
 
 def cw_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float = 50.0) -> torch.Tensor:
-    """CW margin loss to maximise (SPEC §5): `−Σ relu(z_y − max_{j≠y} z_j + κ)`."""
+    """CW margin loss to maximise (paper Table 4): `−Σ relu(z_y − max_{j≠y} z_j + κ)`."""
     logits = logits.float()
     true = logits.gather(1, y[:, None]).squeeze(1)
     others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).max(dim=1).values
@@ -283,8 +283,8 @@ def ce_loss_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 # around the call so the caller's random stream is untouched. Its own checks (randomised defence, too
 # few classes, zero gradients) are printed through our log, each distinct message once per process.
 AA_NORMS = {"l_inf": "Linf", "l_2": "L2"}
-MIN_CLASSES_FOR_DLR = 4  # SPEC §5 / TeCoA: APGD-DLR only with at least 4 classes
-# version -> (pyautoattack version, attacks). `aa-papers` is SPEC §5's call (version 'custom': APGD
+MIN_CLASSES_FOR_DLR = 4  # as TeCoA's code: APGD-DLR only with at least 4 classes
+# version -> (pyautoattack version, attacks). `aa-papers` is the call of docs/evaluation.md (version 'custom': APGD
 # with the library's 5 restarts; the original code builds version 'standard', 1 restart, and then
 # swaps the attack list); `apgd-ce-t` is RobustVLM's (its fork, version 'custom', 100 iterations).
 AA_VERSIONS = {
@@ -293,7 +293,7 @@ AA_VERSIONS = {
     "apgd-ce-t": ("custom", ["apgd-ce", "apgd-t"]),
 }
 AA_TARGETS = 9  # AutoAttack's number of target classes (APGD-T, FAB-T)
-# The smallest class count each attack works with: DLR needs the 3rd-largest logit (SPEC keeps
+# The smallest class count each attack works with: DLR needs the 3rd-largest logit (we keep
 # TeCoA's 4), the targeted DLR the 4th; FAB-T and Square need a second class.
 MIN_CLASSES = {"apgd-ce": 2, "apgd-dlr": MIN_CLASSES_FOR_DLR, "apgd-t": 4, "fab-t": 2, "square": 2}
 PREFIX = "[AutoAttack] "

@@ -1,4 +1,4 @@
-"""Text-guided attention maps (TGA-ZSR, SPEC §1) and the distances between them.
+"""Text-guided attention maps (TGA-ZSR, paper Sec. 3, Eq. 6–8) and the distances between them.
 
 The map of an image is the similarity of each patch token with the text feature of the
 image's class, min-maxed per image and upsampled bilinearly to the input size. The
@@ -9,7 +9,7 @@ Upsampling is linear, so the L2 and cosine distances between two upsampled maps 
 quadratic forms of the small maps (`UpsampledMapGeometry`): the 224×224 maps never need to be
 built during training. `tests/test_attention.py` proves the equality.
 
-The Grad-CAM maps of the "Vision-based" row (SPEC §2, `--atten_methods visual`) live here too
+The Grad-CAM maps of the "Vision-based" row (paper Table 5, `--atten_methods visual`) live here too
 (`GradCAM`): the other kind of attention map the same losses compare.
 
     python -m pytest tests/test_attention.py -q
@@ -44,7 +44,7 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
 
 
 def patch_attention(tokens: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-    """SPEC §1 steps 1–4, the g×g map before upsampling: `[B, 1+N, D]` tokens, `[B, D]` class text
+    """The g×g map before upsampling (steps 1–4 of docs/methods.md): `[B, 1+N, D]` tokens, `[B, D]` class text
     features -> `[B, 1, g, g]`.
 
     Step 1 normalises over dim=1, the *token* axis: each of the D channels is divided by its
@@ -71,13 +71,13 @@ def patch_attention(tokens: torch.Tensor, text_features: torch.Tensor) -> torch.
 
 
 def upsample_map(grid: torch.Tensor, out_size: int) -> torch.Tensor:
-    """SPEC §1 step 5: bilinear, align_corners=False, no antialias (fp32 under autocast)."""
+    """Step 5 of the map: bilinear, align_corners=False, no antialias (fp32 under autocast)."""
     with fp32(grid.device):
         return F.interpolate(_wide(grid), size=(out_size, out_size), mode="bilinear", align_corners=False)
 
 
 def text_guided_attention(tokens: torch.Tensor, text_features: torch.Tensor, out_size: int) -> torch.Tensor:
-    """The full map of SPEC §1 steps 1–5: `[B, 1, out_size, out_size]` in [0, 1].
+    """The full map (steps 1–5 of docs/methods.md): `[B, 1, out_size, out_size]` in [0, 1].
 
     `tokens`: `[B, 1+N, D]` from `ClipModel.image_tokens` (CLS first, after ln_post and proj).
     `text_features`: `[B, D]`, the normalised text feature of each image's class, without the
@@ -129,7 +129,7 @@ def _safe_sqrt(q: torch.Tensor) -> torch.Tensor:
 
 
 def map_distance(a: torch.Tensor, b: torch.Tensor, metric: str, out_size: int) -> torch.Tensor:
-    """Distance between the upsampled versions of two `[B, 1, g, g]` maps (SPEC §1 step 6).
+    """Distance between the upsampled versions of two `[B, 1, g, g]` maps (the distances of L_AR and L_AMC, Eq. 6–7).
 
     l2:  mean_b ‖up(a) − up(b)‖₂ over the out_size² values (plain, unsquared).
     cos: mean_b (1 − cos(up(a), up(b))), eps 1e-8 on each norm, as torch's cosine_similarity.
@@ -168,7 +168,7 @@ def map_distance_explicit(a: torch.Tensor, b: torch.Tensor, metric: str, out_siz
     raise ValueError(f"unknown distance '{metric}', choose from {DISTANCES}")
 
 
-# --- Grad-CAM (the Vision-based row, SPEC §2) -------------------------------------------------------
+# --- Grad-CAM (the Vision-based row, paper Table 5) -------------------------------------------------------
 # For an image tower and the class text features T:
 # 1. forward; a hook records the output of `visual.transformer.resblocks[-1].ln_1`, and the 49 patch
 #    tokens of it are laid out as `act = [B, width, 7, 7]`;

@@ -90,7 +90,7 @@ def bench_one(model, n_classes: int, args, device, precision: str) -> dict:
     visual_params = list(model.visual.parameters())
     optimizer = torch.optim.SGD(visual_params, lr=1e-12, momentum=0.9)  # tiny lr: weights stay put
     scaler = make_scaler(device, precision)
-    step_flags = ["--train_numsteps", str(k), "--Alpha", "0.08", "--Beta", "0.05", "--Distance_metric", "l2"]
+    step_flags = ["--train_numsteps", str(k)]  # the method's own flags at their defaults
     method = build_method(method_settings(args.method, *step_flags), model, text)
     if args.compile:  # in place, after the frozen copy (each tower compiles its own weights)
         for tower in (model.image_tower, method.frozen):

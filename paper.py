@@ -1,4 +1,4 @@
-"""Every table of the paper with one command each (SPEC §9), beside the paper's own numbers.
+"""Every table of the paper with one command each (docs/paper_tables.md), beside the paper's own numbers.
 
 A table is declared once in `configs/paper/<id>.yaml` (its rows, evaluations and layout; see
 paper_tables.py). This script resolves its runs (paper_runs.py: shared between tables, never

@@ -8,7 +8,7 @@ the flags (engine/settings.py), the run folder, the model, the method, the train
 (engine/train.py), the evaluation (engine/evaluate.py) and the model card.
 
     python tga_zsr.py -c configs/synthetic.yaml                      # tiny model, synthetic data, CPU
-    python tga_zsr.py --Method TGA-ZSR --Alpha 0.08 --Beta 0.05      # the paper's run (GPU)
+    python tga_zsr.py --Method TGA-ZSR                               # the paper's run (GPU)
     python tga_zsr.py --eval_only --resume checkpoints/RUN           # evaluate a run
     torchrun --nproc_per_node 4 tga_zsr.py --Method TGA-ZSR          # 4 GPUs (engine/distributed.py)
 """

@@ -1,9 +1,9 @@
 """Figures of a run: where the text-guided attention looks; the command line of every figure.
 
-* Attention grid (the paper's central picture, SPEC §1): for N images of a dataset, one row per
+* Attention grid (the paper's central picture): for N images of a dataset, one row per
   image: the clean image, its PGD image (ε in 1/255 units, attacked white-box against the
   fine-tuned model; the perturbation amplified in an inset), and the text-guided attention map
-  `A(F, T[y])` (min-max per image, SPEC §1 steps 1–5, with the *true* class's text feature) of
+  `A(F, T[y])` (min-max per image, attention.py, with the *true* class's text feature) of
   the original CLIP on the clean image, of the original CLIP on the adversarial image and of the
   fine-tuned model on the adversarial image. Titles give each model's prediction.
   -> `<run>/attention_grid.png` and `.pdf`.

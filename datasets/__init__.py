@@ -13,7 +13,7 @@ Public API:
     class_balanced_subset(data, n, seed) -> ZeroShotData              # --n_samples
     dataset_labels(torch_dataset) -> list[int]
     canonical_name(name), available(), clean_name(name), TEMPLATE, DatasetError
-    TEST_DATASETS (the 16 of SPEC §5), TABLE_ORDER (those, then the world sets: tables' order)
+    TEST_DATASETS (the paper's 16), TABLE_ORDER (those, then the world sets: tables' order)
     Indexed(ds), collate_indexed, CorruptImage                        # the loops' view; unreadable images
     use_decoded_cache(data, split, dir)   # decoded uint8 arrays + the device-side PIL resize (--decoded_cache)
     PAPER_SETS (ImageNet-A/O/R, ImageNet100, tinyImageNet_split: for the paper's other tables)

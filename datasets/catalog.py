@@ -25,8 +25,8 @@ class DatasetInfo:
     folder: str                 # path under root that must exist (first thing checked)
     layout: str                 # the exact files and folders expected inside `folder`
     num_classes: int
-    counts: dict                # split -> expected number of images (SPEC §5 / torchvision docs)
-    eval_split: str             # the split SPEC §5 evaluates on
+    counts: dict                # split -> expected number of images (the paper's evaluation / torchvision docs)
+    eval_split: str             # the split the paper evaluates on
     download: str = "torchvision"   # "torchvision" | "tinyimagenet" | "tar" (one archive URL) | "manual"
     source: str = ""            # where to get the files when they cannot be downloaded
     extra: dict = field(default_factory=dict)
@@ -114,9 +114,9 @@ INFO: dict[str, DatasetInfo] = {
         "`--download SUN397` tries torchvision's download first"),
 }
 
-TEST_DATASETS = list(INFO)  # the 16 of SPEC §5 (tinyImageNet first), in table order
+TEST_DATASETS = list(INFO)  # the paper's 16 (tinyImageNet first), in table order
 
-# The sets some of the paper's other tables need (SPEC §9): ImageNet-A/O/R (Tables 11-12), the
+# The sets some of the paper's other tables need (docs/paper_tables.md): ImageNet-A/O/R (Tables 11-12), the
 # 100-class ImageNet training subset (Tables 9-10) and the 80/20 split of TinyImageNet train
 # (Table 13). Registered like the 16, but not evaluated by default (not in TEST_DATASETS).
 _SHIFT_SOURCE = ("https://people.eecs.berkeley.edu/~hendrycks/{0}.tar (Hendrycks et al.; mirrors: "
@@ -162,7 +162,7 @@ def info(canonical: str) -> DatasetInfo:
 
 
 def expected_count(canonical: str, split: str):
-    """Full-size image count of `split` ('test' = the SPEC §5 evaluation split), or None."""
+    """Full-size image count of `split` ('test' = the paper's evaluation split), or None."""
     i = INFO.get(canonical)
     if i is None:
         return None

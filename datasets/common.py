@@ -1,7 +1,7 @@
 """Shared pieces of the dataset builders: the error type, the original transforms, RGB
 conversion and class-name files.
 
-The transforms are the original code's (SPEC §0/§5): `Resize(256) + CenterCrop(224)` for most
+The transforms are the original code's: `Resize(256) + CenterCrop(224)` for most
 sets and `Resize((224, 224))` for CIFAR and STL10, both PIL bilinear. They end in `PILToTensor`:
 images leave the loader workers as uint8 (a quarter of float32's bytes through the worker pipes,
 the pinned buffers and the host-to-device copy), and `to_unit` divides by 255 on the device,
@@ -24,13 +24,13 @@ CLASSNAMES_DIR = Path(__file__).resolve().parent / "classnames"
 
 
 def resize_center_crop(size: int = 224):
-    """Resize(256) + CenterCrop(224) (PIL bilinear), SPEC §0/§5, as uint8 (`to_unit` gives [0, 1])."""
+    """Resize(256) + CenterCrop(224) (PIL bilinear), as uint8 (`to_unit` gives [0, 1])."""
     return T.Compose([T.Resize(int(size * 256 / 224), interpolation=T.InterpolationMode.BILINEAR),
                       T.CenterCrop(size), T.PILToTensor()])
 
 
 def resize_square(size: int = 224):
-    """Resize((224, 224)), used for CIFAR and STL10 (SPEC §5), as uint8 (`to_unit` gives [0, 1])."""
+    """Resize((224, 224)), used for CIFAR and STL10, as uint8 (`to_unit` gives [0, 1])."""
     return T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR), T.PILToTensor()])
 
 

@@ -16,7 +16,7 @@ hosts): a download is attempted and, when it fails, the exact files and layout a
 
 Verification builds each dataset through the registry, checks the annotation files, that the
 labels are in range, that a few images decode, and compares the image and class counts with
-the full dataset (SPEC §5); `--deep` decodes every image (progress bar) and lists those that
+the full dataset; `--deep` decodes every image (progress bar) and lists those that
 cannot be decoded. Status: OK, MISSING (folder absent), INCOMPLETE (fewer images or classes than
 expected), CORRUPT (images that cannot be decoded), ERROR (present but unreadable). Exit code 1 if any requested dataset
 is not OK. `--expect NAME=COUNT[:CLASSES]` overrides the expected sizes (for partial copies

@@ -22,11 +22,11 @@ from torchvision import transforms as T
 from datasets.catalog import INFO, DatasetError, expected_count
 from datasets.labelled import DECODE_ERRORS, CorruptImage, Unreadable, dataset_labels, sample_path
 
-TEMPLATE = "This is a photo of a {}"  # SPEC §5 "template": no final period
+TEMPLATE = "This is a photo of a {}"  # the paper's template: no final period
 
 
 def clean_name(name: str) -> str:
-    """SPEC §0/§5: lower-case, `_ - /` turned into spaces."""
+    """Class names as the original code prompts them: lower-case, `_ - /` turned into spaces."""
     for ch in "_-/":
         name = name.replace(ch, " ")
     return name.lower()
@@ -94,7 +94,7 @@ def resolve_root(root, canonical: str) -> str:
 def get_dataset(name: str, root="./data", split: str = "test", transform=None) -> ZeroShotData:
     """Build a dataset by (case-insensitive) name. `transform=None` picks the original one.
 
-    `split="test"` means the split SPEC §5 evaluates on (TinyImageNet/ImageNet val, the whole
+    `split="test"` means the split the paper evaluates on (TinyImageNet/ImageNet val, the whole
     set for EuroSAT, Caltech101/256 and SUN397)."""
     canon = canonical_name(name)
     data = _REGISTRY[canon](resolve_root(root, canon), split, transform)
@@ -105,7 +105,7 @@ def get_dataset(name: str, root="./data", split: str = "test", transform=None) -
 def check_dataset(name: str, root="./data", split: str | None = None, decode: int = 1) -> dict:
     """Fast pre-flight check: layout and annotation files, sample count, labels in range, and
     `decode` images actually decoded. Raises DatasetError; returns a summary dict with
-    `complete` = whether count and class count match the full dataset (SPEC §5)."""
+    `complete` = whether count and class count match the full dataset."""
     canon = canonical_name(name)
     path = resolve_root(root, canon)
     if split is None:

@@ -1,4 +1,4 @@
-"""The two training sets the paper derives from others (SPEC §9), each seeded and recorded.
+"""The two training sets the paper derives from others (Tables 9-10 and 13), each seeded and recorded.
 
 * `ImageNet100` (Tables 9-10): 100 ImageNet-1k classes drawn once with `random.Random(0).sample`
   from the 1 000 sorted wnids and committed in `datasets/classnames/imagenet100_wnids.txt` (the

@@ -1,4 +1,4 @@
-"""The 14 test sets that torchvision reads (SPEC §5 rows 2-14 and 16), wrapped, never copied.
+"""The 14 test sets that torchvision reads (the paper's test sets 2-14 and 16), wrapped, never copied.
 
 Each builder checks the folder before constructing the torchvision class (so a missing
 dataset names the path and the fix instead of torchvision's bare "Dataset not found", and
@@ -65,7 +65,7 @@ def check_split(canonical: str, split: str, allowed) -> str:
 
 
 def _or(transform, default):
-    """The caller's transform, else the SPEC one; always behind ToRGB."""
+    """The caller's transform, else the original code's; always behind ToRGB."""
     return rgb_first(transform if transform is not None else default())
 
 
@@ -178,7 +178,7 @@ def build_flowers102(root, split="test", transform=None):
 @register("dtd", "describable_textures", "describabletextures")
 def build_dtd(root, split="test", transform=None):
     check_split("dtd", split, ("train", "val", "test"))
-    # SPEC §5: partition 1 only (torchvision's default); test1.txt has 1 880 lines.
+    # partition 1 only, as the original (torchvision's default); test1.txt has 1 880 lines.
     require("dtd", root, "dtd/dtd/images", f"dtd/dtd/labels/{split}1.txt")
     with torchvision_errors("dtd", root):
         ds = tvd.DTD(root, split=split, partition=1, transform=_or(transform, resize_center_crop))
@@ -193,7 +193,7 @@ EUROSAT_FOLDERS = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "I
 
 @register("EuroSAT", "eurosat_rgb", "euro_sat")
 def build_eurosat(root, split="all", transform=None):
-    check_split("EuroSAT", split, WHOLE_SET)  # SPEC §5: the whole set, 27 000 images
+    check_split("EuroSAT", split, WHOLE_SET)  # the whole set, 27 000 images, as the original
     require("EuroSAT", root, "eurosat/2750")
     with torchvision_errors("EuroSAT", root):
         ds = tvd.EuroSAT(root, transform=_or(transform, resize_center_crop))
@@ -354,7 +354,7 @@ def build_cars(root, split="test", transform=None):
     return data("StanfordCars", root, ds, names, ["A photo of a {}.".format(cars_name(c)) for c in names])
 
 
-PCAM_PROMPTS = ["Tthis is a photo of healthy lymph node tissue.",  # typo kept [faithful], SPEC §5
+PCAM_PROMPTS = ["Tthis is a photo of healthy lymph node tissue.",  # the original's typo, kept
                 "This is a photo of lymph node tumor tissue."]
 
 
@@ -397,7 +397,7 @@ class SUN397Sorted(tvd.SUN397):
 
 @register("SUN397", "sun-397", "sun_397", "sun")
 def build_sun397(root, split="all", transform=None):
-    check_split("SUN397", split, WHOLE_SET)  # SPEC §5: the whole set
+    check_split("SUN397", split, WHOLE_SET)  # the whole set, as the original
     require("SUN397", root, "SUN397", "SUN397/ClassName.txt")
     with torchvision_errors("SUN397", root):
         ds = SUN397Sorted(root, transform=_or(transform, resize_center_crop))

@@ -5,7 +5,7 @@ position). `datasets/world_render.py` draws the images, their captions and the p
 `stream`; this module turns them into zero-shot test sets and registers them. It re-exports the
 renderer's public names, so `from datasets.world import render, stream` keeps working.
 
-The registry entries (prefix `world_`) mirror the paper's protocol (SPEC §0, §5) in miniature:
+The registry entries (prefix `world_`) mirror the paper's protocol in miniature:
 
 * `world_train` plays TinyImageNet: the 52 shape–colour classes that are not held out,
   prompt "This is a photo of a {colour} {shape}".

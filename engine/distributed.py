@@ -4,7 +4,7 @@ torchrun starts one process per GPU and sets RANK, WORLD_SIZE, LOCAL_RANK, MASTE
 MASTER_PORT; `init_distributed` turns them into a process group (NCCL on `cuda:LOCAL_RANK`,
 gloo on the CPU). Without them (plain `python tga_zsr.py`) nothing here does anything.
 
-What is distributed, and how the maths stays that of one process (SPEC §0):
+What is distributed, and how the maths stays that of one process:
 * Training: DDP wraps the trainable module, `model.image_tower`. The wrapper is kept on the
   ClipModel as a plain attribute (`ddp_tower`, not a submodule: state_dict keys do not change),
   and `ClipModel.image_tokens` goes through it only for forwards that will be back-propagated

@@ -1,4 +1,4 @@
-"""Zero-shot evaluation (SPEC §5, §10): clean top-1 and robust top-1 under one attack or the worst
+"""Zero-shot evaluation (paper Tables 1-4; docs/evaluation.md): clean top-1 and robust top-1 under one attack or the worst
 case over several (PGD / CW / AutoAttack, attacks.py), per dataset, appended to
 `<run>/results.jsonl` (results.py) as each dataset finishes; a rerun skips what is done.
 
@@ -7,12 +7,12 @@ if it survives all of them, and each attack's own accuracy is recorded too (`att
 attacks run under `--attack_precision` (autocast fp16 / bf16, or fp32), the clean and adversarial
 predictions under `--precision`. `--test_eps 2 4` evaluates each budget in turn.
 
-Images: `--transform tga_zsr` uses each dataset's SPEC §5 transform (the image is 224×224 before
+Images: `--transform tga_zsr` uses each dataset's transform of the original code (the image is 224×224 before
 the attack); `robustvlm` is RobustVLM's: CIFAR-10/100 and STL-10 stay at their native 32 / 96
 pixels, so the perturbation lives there and the bicubic resize to the model's input happens
 inside the model (clip_model.ImageTower.preprocess: bicubic, no antialias, as RobustVLM's tensor
 Resize), the other sets get open_clip's preprocessing without normalisation (bicubic resize of the
-short side to 224, centre crop), not SPEC §5's bilinear 256 + crop.
+short side to 224, centre crop), not the original's bilinear 256 + crop.
 
 Cost per batch: text features once per dataset, the attack's gradients w.r.t. the input only
 (every model parameter has requires_grad off during evaluation), model in eval mode.

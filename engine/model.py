@@ -1,7 +1,7 @@
 """CLIP on open_clip, with the token output TGA-ZSR needs.
 
 The method needs every visual token after `ln_post` *and* the projection
-(`F = [B, 1+N, D]`, CLS first; SPEC §0). open_clip returns the pooled CLS after the
+(`F = [B, 1+N, D]`, CLS first). open_clip returns the pooled CLS after the
 projection and the patch tokens before it, so `ImageTower` asks the visual tower for its
 tokens through its public `forward_intermediates` and applies `visual.proj` to them. Nothing of open_clip is copied or patched.
 
@@ -185,7 +185,7 @@ class ClipModel(nn.Module):
         known = open_clip.get_model_config(arch) is not None
         context = ((self.model_cfg or {}).get("text_cfg") or {}).get("context_length", 77)
         self.tokenizer = open_clip.get_tokenizer(arch) if known else open_clip.SimpleTokenizer(context_length=context)
-        # The text tower and logit_scale are never stepped (SPEC §0); TIMA re-enables text.
+        # The text tower and logit_scale are never stepped; TIMA re-enables text.
         for name, p in clip.named_parameters():
             if not name.startswith("visual."):
                 p.requires_grad_(False)

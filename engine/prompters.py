@@ -1,4 +1,4 @@
-"""Visual prompt tuning for TeCoA w/ prompting (SPEC §4, `--adaptation_method VPT`).
+"""Visual prompt tuning for TeCoA w/ prompting (`--adaptation_method VPT`).
 
 CLIP stays frozen; only prompts are trained. Two kinds, combinable:
 

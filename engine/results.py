@@ -23,7 +23,7 @@ RESULTS_NAME = "results.jsonl"
 # `attack` is one attack or a comma list (robust = the worst case over them); `attack_precision` is
 # the autocast the attacks ran under; `aa_version` AutoAttack's attacks (attacks.AA_VERSIONS);
 # `protocol` the preset that set them (configs/protocols/); `transform` the images' preprocessing
-# (`tga_zsr`: each dataset's SPEC §5 transform; `robustvlm`: native resolution, see evaluate.py);
+# (`tga_zsr`: each dataset's transform of the original code; `robustvlm`: native resolution, see evaluate.py);
 # `batch_stride` "KxB": only every K-th batch of B images (TeCoA's training-time validation).
 GROUP_KEYS = ("attack", "norm", "eps", "steps", "step_size", "n_samples", "attack_precision", "aa_version",
               "protocol", "transform", "batch_stride")

@@ -1,4 +1,4 @@
-"""The one training loop every method shares (SPEC §0): SGD + warmup + cosine set before each
+"""The one training loop every method shares: SGD + warmup + cosine set before each
 step, mixed precision on CUDA, atomic checkpoints and an exact resume.
 
 The sample order of epoch e is a permutation drawn from `seed + e` (DistributedSampler's own
@@ -71,7 +71,7 @@ class ResumableSampler(DistributedSampler):
 
 
 def trainable_parameters(model, trains: str = "visual", last_num_ft: int = 0, extra: dict | None = None) -> list:
-    """What the optimiser steps (SPEC §0), with requires_grad set on exactly those tensors:
+    """What the optimiser steps, with requires_grad set on exactly those tensors:
     the visual tower (all of it, or its last N tensors in registration order) when the method
     trains it and no visual prompts are installed; the visual prompts (`model.prompter`) if any;
     and the method's `extra` tensors (TIMA's text tower). `trains`: see methods.Method."""

@@ -43,7 +43,7 @@ MINI_LR_FACTOR = 100  # the mini world trains a few hundred steps, not 7 820: th
 
 
 def flag(*names: str, **kwargs) -> tuple:
-    """A method's own command-line flag: `flag("--Alpha", type=float, default=0.08, help=...)`."""
+    """A method's own command-line flag: `flag("--label_smoothing", type=float, default=0.1, help=...)`."""
     return names, kwargs
 
 

@@ -4,9 +4,9 @@
 `L_AMC = d(A(f_θ(x),     T[y]), A(f_θ₀(x), T[y]))`  Attention-based Model Constraint (Beta, Eq. 7)
 
 with `A` the text-guided attention map of attention.py and θ₀ the frozen original visual tower.
-Defaults (the paper's, from the original TGA-ZSR.py): Alpha 0.08, Beta 0.05, plain L2 distance.
+The flags' defaults below are the paper's (Tables 1-2), those of the original TGA-ZSR.py.
 
-    python tga_zsr.py --Method TGA-ZSR --Alpha 0.08 --Beta 0.05
+    python tga_zsr.py --Method TGA-ZSR --Alpha 0.1
 """
 from __future__ import annotations
 
@@ -105,9 +105,9 @@ class TGAZSR(Method):
     name, label, aliases, order, needs_frozen = "tga_zsr", "TGA-ZSR", ("TGA-ZSR", "TGA_ZSR", "tgazsr"), 90, True
     flags = (
         flag("--Alpha", type=float, default=0.08,
-             help="weight of the Attention Refinement loss L_AR (paper Eq. 6; 0.08 in Tables 1-2)"),
+             help="weight of the Attention Refinement loss L_AR (paper Eq. 6)"),
         flag("--Beta", type=float, default=0.05,
-             help="weight of the Attention-based Model Constraint L_AMC (paper Eq. 7; 0.05 in Tables 1-2)"),
+             help="weight of the Attention-based Model Constraint L_AMC (paper Eq. 7)"),
         flag("--Distance_metric", default="l2", choices=["l2", "cos", "l1"],
              help="distance between attention maps (paper Tables 18-19)"),
         flag("--cache_frozen_maps", action=argparse.BooleanOptionalAction, default=False,

@@ -1,5 +1,5 @@
 """A model as something to share: its description for the model card, and its export as a full
-CLIP that plain open_clip loads (SPEC §10).
+CLIP that plain open_clip loads (docs/evaluation.md).
 
 `--export RUN --format open_clip` writes `<RUN>/export/<run>.pt` (`{'state_dict', 'model_card',
 'meta'}`): `open_clip.create_model(ARCH, pretrained=FILE)` loads it (ARCH with `-quickgelu` for

@@ -1,11 +1,11 @@
-"""Model cards (SPEC §10): `model_card.json` beside each evaluation's `results.jsonl`, and the
+"""Model cards (docs/evaluation.md): `model_card.json` beside each evaluation's `results.jsonl`, and the
 leaderboard built from cards.
 
 A card is RobustBench-like: what was evaluated (name, source, architecture, activation, sha256 of
 the weights file, training method and arguments when the weights are a run of this project), then
 one entry per evaluation setting found in the results of those weights: protocol, threat model,
 ε, attacks, precisions, per-dataset clean / robust accuracy (and each attack's own), the mean over
-the 16 datasets of SPEC §5, the strict zero-shot mean over 15 (TinyImageNet left out: it is the
+the paper's 16 datasets, the strict zero-shot mean over 15 (TinyImageNet left out: it is the
 training set's domain), the harmonic mean of clean and robust, the datasets whose clean accuracy
 is at chance level (e.g. PCAM), then the date, the tool's version and the git revision. No torch.
 

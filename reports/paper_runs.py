@@ -17,7 +17,7 @@ K = attack steps); a tested image 2·steps + 2 (AutoAttack: 2 attacks × 100 ite
 lower bound: its restarts come on top). Hours = unit-images × FLOPs of a forward (bench.py's
 FlopCounterMode count for the architecture) / a FLOP rate: the rate this device reached in earlier
 runs of the same architecture (history.jsonl images/s, results.jsonl seconds), and the rate of the
-paper's RTX 3090 (TGA-ZSR: 885 s per epoch of 100 000 images at 11 units each, SPEC §9).
+paper's RTX 3090 (TGA-ZSR: 885 s per epoch of 100 000 images at 11 units each, from the paper's text).
 """
 from __future__ import annotations
 
@@ -43,11 +43,11 @@ from engine.results import GROUP_KEYS, find_done, read_jsonl, read_results, sett
 from engine.run_folder import run_name
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER_3090 = {"epoch_s": 885.0, "images": 100_000, "units": 11, "arch": "vit_b32"}  # SPEC §9, TGA-ZSR K = 2
+PAPER_3090 = {"epoch_s": 885.0, "images": 100_000, "units": 11, "arch": "vit_b32"}  # the paper's text, TGA-ZSR K = 2
 
 
 def flags_to_argv(flags: dict) -> list[str]:
-    """{"Alpha": 0.08, "testdata": [a, b], "differentiable_cam": True} -> ["--Alpha", "0.08", ...]."""
+    """{"Alpha": 0.1, "testdata": [a, b], "differentiable_cam": True} -> ["--Alpha", "0.1", ...]."""
     argv = []
     for k, v in (flags or {}).items():
         if isinstance(v, bool):
@@ -285,7 +285,7 @@ def measured_rates(out: Path, arch: str) -> dict:
 
 
 def paper_3090_rate() -> float:
-    """FLOP/s of the paper's TGA-ZSR training on its RTX 3090 (SPEC §9: 885 s per epoch)."""
+    """FLOP/s of the paper's TGA-ZSR training on its RTX 3090 (the paper's text: 885 s per epoch)."""
     p = PAPER_3090
     return p["images"] * p["units"] * flops_per_image(p["arch"]) / p["epoch_s"]
 

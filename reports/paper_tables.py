@@ -1,5 +1,5 @@
 """The paper's tables: their declarations (`configs/paper/<id>.yaml`), the paper's own numbers
-(`configs/paper/paper_tables.csv`, SPEC §6) and the layouts that put ours beside them.
+(`configs/paper/paper_tables.csv`, read from the paper's tables) and the layouts that put ours beside them.
 
 A declaration names its rows (a method and its flags, e.g. T7's Alpha/Beta pairs), its evaluation
 settings and its views (layouts): `per_dataset` (one table per metric, the paper's dataset order,
@@ -242,7 +242,7 @@ def means_table(decl, view, ours, datasets, numbers, mini, title_of=None) -> tup
 
 
 def cost_table(decl, view, ours, title_of=None) -> tuple[list, dict]:
-    """T8: what bench.py --cost measured per row, beside the paper's figures where SPEC gives them."""
+    """T8: what bench.py --cost measured per row, beside the paper's figures where the paper gives them."""
     paper_values = view.get("paper_values", {})
     rows, devices = [], set()
     for row in _rows(decl, view):

@@ -3,7 +3,7 @@ of history.jsonl. No model is loaded here (visualize.py draws the attention grid
 
 * Trade-off: mean robust vs mean clean accuracy over each run's `results.jsonl`, one labelled
   point per run (its results' label), with iso-Average lines `(robust + clean) / 2 = const`
-  (SPEC §5/§6). -> `trade_off.png` and `.pdf` (in `--out`, default the first run).
+  (the paper's Fig. 3). -> `trade_off.png` and `.pdf` (in `--out`, default the first run).
 * Loss curve: every loss term of `<run>/history.jsonl` and the LR against the step; training
   writes it at the end of each epoch (tga_zsr.py hands it to the trainer). -> `<run>/loss_curve.png`.
 

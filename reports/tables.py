@@ -283,12 +283,12 @@ def comparison_markdown(table: dict) -> str:
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
 
 def latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text)).replace("ε", r"$\epsilon$").replace("±", r"$\pm$")
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text)).replace("ε", r"$\epsilon$").replace("±", r"$\pm$")
 
 
 def comparison_latex(table: dict) -> str:
