@@ -338,10 +338,17 @@ def test_readme_is_short():
 LINK = re.compile(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
-def relative_links(path: Path) -> list[str]:
+def relative_links(path: Path, anchors: bool = False) -> list[str]:
     text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
-    return [t.split("#")[0] for t in LINK.findall(text)
+    return [t if anchors else t.split("#")[0] for t in LINK.findall(text)
             if not re.match(r"[a-z]+:", t) and not t.startswith("#")]
+
+
+def heading_anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces -> '-'."""
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
 
 
 def test_readme_links_the_docs():
@@ -354,6 +361,10 @@ def test_readme_links_the_docs():
 def test_relative_links_resolve(path):
     broken = [t for t in relative_links(path) if t and not (path.parent / t).exists()]
     assert not broken, f"{path.relative_to(ROOT)} links files that do not exist: {broken}"
+    targets = [t.split("#", 1) for t in relative_links(path, anchors=True) if "#" in t]
+    bad = [f"{f}#{a}" for f, a in targets if f.endswith(".md") and (path.parent / f).is_file()
+           and a not in heading_anchors(path.parent / f)]
+    assert not bad, f"{path.relative_to(ROOT)} links headings that do not exist: {bad}"
 
 
 def spec_mentions(files: list[str]) -> list[str]:
