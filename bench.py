@@ -356,10 +356,8 @@ def loader_bench(args, device) -> dict:
             "device_resize_ms_per_img": on_device * 1e3, "device": str(device), "threads": torch.get_num_threads()}
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--cost" in argv:
-        return cost_main(argv)
+def get_args_parser() -> argparse.ArgumentParser:
+    """The benchmark's flags (`--cost` takes tga_zsr.py's flags instead: see cost_main)."""
     p = argparse.ArgumentParser("TGA-ZSR speed benchmark")
     p.add_argument("--per_method", action="store_true", help="seconds per training step of every method")
     p.add_argument("--loader", action="store_true", help="ms per TinyImageNet image: JPEG loader vs decoded cache")
@@ -381,7 +379,14 @@ def main(argv=None) -> int:
     p.add_argument("--peak_tflops", type=float, default=None,
                    help="device peak for the MFU (default: known GPUs, doctor.PEAK_TFLOPS; none on a CPU)")
     p.add_argument("--json", default=None, help="append the JSON line to this file")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--cost" in argv:
+        return cost_main(argv)
+    args = get_args_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.per_method:

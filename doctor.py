@@ -352,15 +352,19 @@ def estimate(r: Report, speed: dict) -> dict:
     return est
 
 
-def main(argv=None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("doctor: what a GPU run of this project would meet, checked in minutes")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--ddp_procs", type=int, default=None, help="processes of the DDP check (default: visible GPUs)")
     p.add_argument("--peak_tflops", type=float, default=None, help="device peak for the MFU (default: known GPUs)")
     p.add_argument("--train_batch", type=int, default=None, help="ViT-B/32 step batch (default 128 GPU, 4 CPU)")
     p.add_argument("--test_batch", type=int, default=None, help="ViT-B/32 PGD batch (default 256 GPU, 4 CPU)")
-    p.add_argument("--out", default="doctor.json")
-    a = p.parse_args(argv)
+    p.add_argument("--out", default="doctor.json", help="where the report's JSON goes")
+    return p
+
+
+def main(argv=None) -> int:
+    a = get_args_parser().parse_args(argv)
     logging.disable(logging.WARNING)   # open_clip's "initialized randomly" and the like
     t0 = time.time()
     device = resolve_device(a.device)

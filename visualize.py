@@ -20,7 +20,7 @@ matplotlib is imported only when a figure is drawn, with the Agg backend (no dis
 
     python visualize.py --resume checkpoints/<run> --dataset cifar10 --n_images 4 --eps 1
     python visualize.py --trade_off checkpoints/<run_a> checkpoints/<run_b> --out figures/
-    python tga_zsr.py --visualize --resume checkpoints/<run> --loss_curve checkpoints/<run>
+    python visualize.py --loss_curve checkpoints/RUN
 """
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ def images_to(x: torch.Tensor, device, on_device=None) -> torch.Tensor:
 def default_workers() -> int:
     """Loader workers per process: the CPUs this process may use, shared by the torchrun processes
     of the node, at most 8. A TinyImageNet image costs ~0.8 ms of one core (half of it Resize(256));
-    a TGA-ZSR step on one H100 takes ~2 000-4 000 images/s, i.e. 2-4 busy cores (README "Running on GPUs")."""
+    a TGA-ZSR step on one H100 takes ~2 000-4 000 images/s, i.e. 2-4 busy cores (docs/gpus.md)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

@@ -166,7 +166,7 @@ def names_from(values) -> list[str]:
     return [canonical_name(v) for v in values]
 
 
-def main(argv=None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default="./data", help="folder that holds (or will hold) all datasets")
@@ -183,7 +183,11 @@ def main(argv=None) -> int:
     p.add_argument("--decoded_cache", metavar="DIR",
                    help="build the decoded cache of TinyImageNet train and val in DIR (what tga_zsr.py "
                         "--decoded_cache DIR would build on first use) and exit")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
     if args.decoded_cache:
         for split in ("train", "test"):
             try:

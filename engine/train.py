@@ -13,7 +13,7 @@ its share of the rank's batch, DDP averages over ranks, and there is one optimis
 one LR update per global batch. The schedule is counted in global steps, `len(loader)·epochs`
 of the global batch, whatever W and K are (tests/test_distributed.py).
 
-Stops that lose nothing (README "When something goes wrong"): SIGTERM, SIGINT and SIGUSR1
+Stops that lose nothing (docs/troubleshooting.md): SIGTERM, SIGINT and SIGUSR1
 (`StopSignals`), an image that cannot be decoded (without `--skip_corrupt`) and a checkpoint that
 cannot be written end the loop at a step boundary with `RunStopped`, whose message ends with the
 command that resumes; the checkpoint on disk is that of the last finished step (or the previous

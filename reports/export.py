@@ -1,7 +1,7 @@
 """A model as something to share: its description for the model card, and its export as a full
 CLIP that plain open_clip loads (docs/evaluation.md).
 
-`--export RUN --format open_clip` writes `<RUN>/export/<run>.pt` (`{'state_dict', 'model_card',
+`python report.py export RUN` writes `<RUN>/export/<run>.pt` (`{'state_dict', 'model_card',
 'meta'}`): `open_clip.create_model(ARCH, pretrained=FILE)` loads it (ARCH with `-quickgelu` for
 OpenAI-derived weights; the command prints the exact call). `--format hf_hub` writes a hub folder
 (`open_clip_config.json` with `quick_gelu`, `open_clip_model.safetensors`, `model_card.json`,
@@ -9,7 +9,7 @@ OpenAI-derived weights; the command prints the exact call). `--format hf_hub` wr
 publishes. Both carry the run's model card. Visual prompts (VPT runs) have no place in a plain
 open_clip model: such runs are refused.
 
-    python tga_zsr.py --export checkpoints/<run> --format hf_hub
+    python report.py export checkpoints/RUN --format hf_hub
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ the paper's 16 datasets, the strict zero-shot mean over 15 (TinyImageNet left ou
 training set's domain), the harmonic mean of clean and robust, the datasets whose clean accuracy
 is at chance level (e.g. PCAM), then the date, the tool's version and the git revision. No torch.
 
-    python tga_zsr.py --leaderboard checkpoints/          # every model_card.json below, ranked
+    python report.py leaderboard checkpoints/          # every model_card.json below, ranked
 """
 from __future__ import annotations
 

@@ -99,10 +99,18 @@ def looks_like_command(line: str) -> bool:
                             or words[0].endswith("/python") or words[0].endswith(".py"))
 
 
+# A block under this marker runs a method the reader has just added: tests/test_adding_a_method.py adds it
+# to a copy of the repository and runs those commands there, so they are not parsed here.
+RUN_ELSEWHERE = "<!-- run after adding the files above -->"
+
+
 def commands_of(text: str, file: str = "<doc>") -> list[Command]:
     """The logical command lines of a Markdown text: continuations joined, blank and comment lines left out."""
     out = []
+    lines = text.splitlines()
     for lang, start, body in code_blocks(text):
+        if start >= 3 and lines[start - 3].strip() == RUN_ELSEWHERE:
+            continue
         if lang == "console":
             body = [b[2:] if b.startswith("$ ") else "" for b in body]
         elif lang == "":
@@ -197,6 +205,9 @@ def main_sh_jobs() -> list[str]:
     jobs = []
     for line in stdout.splitlines():
         words = line.strip().split()
+        if words[:1] == ["methods:"]:  # one job per method of the registry
+            jobs += words[1:]
+            continue
         if words[:2] == ["bash", "main.sh"]:
             words = words[2:]
         if words and re.fullmatch(r"-{0,2}[a-z][a-z0-9_-]*", words[0]):

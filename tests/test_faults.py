@@ -1,6 +1,6 @@
 """Every bad input and every fault of issue 15, one test each: a clear error before work starts (no
 traceback, non-zero exit, the file or flag named, what to do), and nothing lost or left behind.
-README "When something goes wrong" lists what each case prints.
+docs/troubleshooting.md lists what each case prints.
 
 Tiny random-weight model and synthetic data (configs/synthetic.yaml), a few steps; in-process
 (`tga_zsr.main`) except where a second real process is the point (lock, SIGTERM).

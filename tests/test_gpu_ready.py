@@ -1,6 +1,6 @@
 """What a GPU run meets, checked on the CPU: the floor release's DDP and GradScaler argument lists,
 bf16 autocast, uint8 images made [0, 1] on the device, and the per-sample PGD starts drawn on the
-device (README "Running on GPUs").
+device (docs/gpus.md).
 
     python -m pytest -q tests/test_gpu_ready.py
 """

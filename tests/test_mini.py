@@ -60,7 +60,7 @@ def test_mini_learning_rates_are_the_paper_rates_times_100():
 ROBUST_GAIN = 5.0       # points of mean robust accuracy over the untuned model, each method
 # TGA-ZSR trains at the paper's 10x larger learning rate than TeCoA (1e-4 vs 1e-5, both x100
 # here) and pays for it in clean accuracy in this short run (-6.3 points; -2.2 after the full
-# 2-epoch mini benchmark, README "Mini benchmark"): the stated tolerance is 10 points.
+# 2-epoch mini benchmark, docs/mini_world.md): the stated tolerance is 10 points.
 CLEAN_TOLERANCE = 10.0
 
 
