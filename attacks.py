@@ -296,7 +296,6 @@ AA_TARGETS = 9  # AutoAttack's number of target classes (APGD-T, FAB-T)
 # The smallest class count each attack works with: DLR needs the 3rd-largest logit (we keep
 # TeCoA's 4), the targeted DLR the 4th; FAB-T and Square need a second class.
 MIN_CLASSES = {"apgd-ce": 2, "apgd-dlr": MIN_CLASSES_FOR_DLR, "apgd-t": 4, "fab-t": 2, "square": 2}
-PREFIX = "[AutoAttack] "
 _TOLD: set[str] = set()
 
 

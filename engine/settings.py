@@ -44,6 +44,8 @@ RENAMED_KEYS = {"method": "pixel_prompt", "VPbaseline": "train_on_clean"}
 
 def add(group, *names, role: str, once: bool = False, **kwargs) -> argparse.Action:
     """`group.add_argument` with the flag's role (see the module docstring)."""
+    if role not in ROLES:
+        raise ValueError(f"{names[0]}: role {role!r} is not one of {ROLES}")
     action = group.add_argument(*names, **kwargs)
     action.role, action.once = role, once
     return action
