@@ -9,8 +9,10 @@ import logging
 import pytest
 import torch
 
+import attacks
 import tga_zsr
 from engine import device, evaluate
+from methods.pmg_aft import pmg_aft_attack_objective
 from tests.eval_fixtures import register_tiny_sets
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -86,3 +88,75 @@ def test_tf32_keeps_mixed_precision_in_the_evaluation(monkeypatch, tmp_path):
     assert seen == [torch.bfloat16]
     row = json.loads((tmp_path / "tf32" / "results.jsonl").read_text())
     assert (row["precision"], row["attack_precision"]) == ("bf16+tf32", "bf16+tf32")
+
+
+def test_fp16_attack_step_has_no_silent_zero_gradients(tiny_model):
+    """One PGD step in float16 on the CPU (autocast, as amp on a GPU) of PMG-AFT's training attack at the
+    paper's batch of 128: its temperature-1, batch-mean CE has input gradients of ~1e-7, below fp16's
+    smallest value, and unscaled 38 % of them were exactly 0 (measured), so those pixels did not move.
+    From δ = 0 with α = ε a pixel stays put exactly where its gradient is 0 (x is never exactly 0 or 1)."""
+    model = tiny_model.eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(128, 3, 224, 224, generator=g)
+    y = torch.randint(0, 10, (128,), generator=g)
+    with torch.no_grad():
+        text = model.encode_text([f"This is a photo of a thing{i}" for i in range(10)])
+    objective = pmg_aft_attack_objective(model, y, text)
+    deltas, stats = {}, attacks.GradStats()
+    for name, dtype in (("fp32", None), ("fp16", torch.float16)):
+        with attacks.no_param_grad(model.clip), torch.autocast("cpu", dtype=dtype or torch.float32,
+                                                               enabled=dtype is not None):
+            deltas[name] = attacks.pgd(objective, x, 1 / 255, 1 / 255, 1, init=torch.zeros_like(x),
+                                       stats=stats if dtype else None)
+    still = {k: float((d == 0).float().mean()) for k, d in deltas.items()}
+    assert still["fp32"] == 0.0
+    # fp16 keeps 11 significant bits: a scaled gradient rounds to 0 only where the fp32 one is ~1e-4 of its
+    # typical size; at most 1e-4 of the entries (measured 6e-6 at scale 2^16).
+    assert still["fp16"] <= 1e-4, still
+    assert stats.zero_fraction == pytest.approx(still["fp16"]) and stats.scale > 1
+    # where both moved, they moved the same way but at the pixels whose gradient is within fp16's
+    # rounding of 0 (measured 0.1 %)
+    assert float((deltas["fp16"] == deltas["fp32"]).float().mean()) >= 0.99
+
+
+def test_fp32_attack_is_unchanged_by_the_loss_scale(tiny_model):
+    """fp32 (and bf16) attacks take no loss scale: the same δ as the plain autograd step, bit for bit."""
+    model = tiny_model.eval()
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    with torch.no_grad():
+        text = model.encode_text(["a", "b", "c"])
+
+    def objective(xa):
+        return attacks.ce_loss_sum(model.logits(xa, text), y)
+
+    stats = attacks.GradStats()
+    with attacks.no_param_grad(model.clip):
+        delta = attacks.pgd(objective, x, 4 / 255, 1 / 255, 1, init=torch.zeros_like(x), stats=stats)
+        d = torch.zeros_like(x, requires_grad=True)
+        (grad,) = torch.autograd.grad(objective(x + d).float(), d)
+    assert torch.equal(delta, attacks.linf_update(torch.zeros_like(x), grad, x, 1 / 255, 4 / 255))
+    assert stats.scale == 1.0 and stats.retries == 0
+
+
+def test_fp16_loss_scale_backs_off_on_overflow_and_gives_up_on_a_non_finite_loss():
+    scale = attacks.LossScale(growth_interval=2)
+    assert scale.value == 2.0 ** 16
+    x = torch.ones(3)
+
+    def overflows_above_1024(xa):
+        """A loss whose backward overflows (inf) when scaled by more than 2^10, as fp16's would."""
+        return xa.sum() * (float("inf") if scale.value > 1024 else 1.0)
+
+    stats = attacks.GradStats()
+    grad = attacks.input_gradient(overflows_above_1024, x, torch.zeros(3, requires_grad=True), scale, stats)
+    assert scale.value == 1024 and stats.retries == 6 and torch.equal(grad, torch.ones(3))   # unscaled again
+    attacks.input_gradient(overflows_above_1024, x, torch.zeros(3, requires_grad=True), scale, stats)
+    assert scale.value == 2048     # grew after growth_interval (2) finite steps
+
+    def nan_loss(xa):
+        return xa.sum() * float("nan")
+
+    scale = attacks.LossScale()
+    grad = attacks.input_gradient(nan_loss, x, torch.zeros(3, requires_grad=True), scale)
+    assert scale.value < attacks.LossScale.MIN and torch.isnan(grad).all()   # gave up, did not loop

@@ -5,6 +5,7 @@ device (docs/gpus.md).
     python -m pytest -q tests/test_gpu_ready.py
 """
 import inspect
+import shutil
 import os
 import warnings
 
@@ -186,3 +187,14 @@ def test_device_starts_equal_the_cpu_generator():
     assert torch.equal(mt19937_uniform(seeds, 1000, -0.5, 0.5, "cpu"), ref)
     with pytest.raises(ValueError, match="symmetric"):
         mt19937_uniform(seeds, 10, 0.0, 1.0, "cpu")
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="inductor needs a C++ compiler on the CPU")
+def test_compiled_device_starts_equal_the_cpu_generator():
+    """What CUDA runs: the generator's twists fused by torch.compile (inductor; here its C++ backend)
+    give the same numbers bit for bit, for a new batch size and a new ε without another build."""
+    seeds = [start_seed(0, 7), start_seed(1, 0), 2 ** 40 + 17]
+    for rows, n, bound in ((3, 3 * 224 * 224, 1 / 255), (2, 1000, 0.5)):
+        ref = torch.stack([torch.empty(n).uniform_(-bound, bound, generator=torch.Generator().manual_seed(s))
+                           for s in seeds[:rows]])
+        assert torch.equal(mt19937_uniform(seeds[:rows], n, -bound, bound, "cpu", compiled=True), ref)
