@@ -88,7 +88,13 @@ def compile_module(module: torch.nn.Module, backend: str = "inductor") -> None:
                 torch._dynamo.maybe_mark_dynamic(a, 0)  # a hint: code that needs a fixed size may still fix it
         return compiled(*args, **kwargs)
 
+    call.backend = backend  # compiled_backend: what a wrapper of this module is compiled with
     module._compiled_call_impl = call  # what nn.Module.compile sets (torch >= 2.2)
+
+
+def compiled_backend(module: torch.nn.Module, default: str = "inductor") -> str:
+    """The backend `compile_module` compiled `module` with."""
+    return getattr(getattr(module, "_compiled_call_impl", None), "backend", default)
 
 
 def own_forward(module: torch.nn.Module) -> None:
