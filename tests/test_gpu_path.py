@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import attacks
+import doctor
 import tga_zsr
 from engine import device, evaluate
 from methods.pmg_aft import pmg_aft_attack_objective
@@ -160,3 +161,36 @@ def test_fp16_loss_scale_backs_off_on_overflow_and_gives_up_on_a_non_finite_loss
     scale = attacks.LossScale()
     grad = attacks.input_gradient(nan_loss, x, torch.zeros(3, requires_grad=True), scale)
     assert scale.value < attacks.LossScale.MIN and torch.isnan(grad).all()   # gave up, did not loop
+
+
+def test_doctor_passes_a_healthy_device_and_fails_a_broken_one(monkeypatch):
+    """The doctor's fp32 comparison of a device with the CPU, run here with the CPU as both: a healthy
+    device with other kernels and whose random generator differs (CUDA's does) passes; a wrong dtype (bf16 kernels in place of
+    fp32) and a wrong kernel (layer norm off by 1e-3) fail. The old comparison attacked from each device's
+    own random start: two healthy runs with different starts are 1e-2 apart on the loss, 10× its
+    tolerance of 1e-3, so it could not pass on any GPU."""
+    cpu = torch.device("cpu")
+    model, method, _ = doctor.tiny_method(cpu)
+    x, y = doctor.batch(cpu)
+    starts = [doctor.step_terms(method, model, x, y, cpu, "fp32", seed=s)[0]["loss"] for s in (2, 3)]
+    assert abs(starts[0] - starts[1]) / abs(starts[1]) > 1e-3
+
+    ref = doctor.reference_step(cpu)
+    # healthy: other kernels (PyTorch's convolution instead of oneDNN's, 2 threads: another summation order;
+    # measured 1.2e-6 on the gradient) and the generator in another state
+    torch.set_num_threads(2)
+    with torch.backends.mkldnn.flags(enabled=False):
+        healthy = doctor.reference_step(cpu, seed=3)
+    torch.set_num_threads(1)
+    assert doctor.rel(healthy["grads"], ref["grads"]) > 0      # the kernels did differ
+    r = doctor.Report()
+    assert doctor.compare_steps(r, healthy, ref, doctor.tolerance()) and not r.failed
+    assert doctor.tolerance() == pytest.approx(3.3e-5, rel=0.01)
+
+    r = doctor.Report()
+    assert not doctor.compare_steps(r, doctor.reference_step(cpu, "bf16"), ref, doctor.tolerance())
+    real_layer_norm = torch.nn.functional.layer_norm
+    monkeypatch.setattr(torch.nn.functional, "layer_norm", lambda *a, **k: real_layer_norm(*a, **k) * (1 + 1e-3))
+    r = doctor.Report()
+    assert not doctor.compare_steps(r, doctor.reference_step(cpu), ref, doctor.tolerance())
+    assert [c["status"] for c in r.checks] == ["FAIL", "FAIL"]
