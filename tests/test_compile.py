@@ -9,6 +9,7 @@ with inductor on the user's machine.
 
     python -m pytest -q tests/test_compile.py
 """
+import copy
 import shutil
 
 import pytest
@@ -139,14 +140,12 @@ def test_evaluation_attack_compiles_its_update_with_the_tower(monkeypatch):
     assert (compiled - eager).abs().max() <= 2 / 255 + 1e-6
 
 
-def test_each_compiled_tower_has_its_own_graphs_and_recompile_limit(monkeypatch):
+def test_each_compiled_tower_has_its_own_graphs_and_recompile_limit():
     """The trained and the frozen tower (and any other compiled ImageTower) keep their own graphs:
     dynamo caches per code object, and without a forward of their own every tower shares
     ImageTower.forward's cache and its one recompile limit (8). Here the limit is 2 and each tower
     needs 2 graphs (full tokens with weight gradients / the CLS path; full tokens / the CLS path,
     no grad): all 4 must be compiled, none left eager."""
-    import copy
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
     torch._dynamo.reset()
     torch.manual_seed(0)
     trained = load_clip("tiny-vit", None).image_tower
@@ -156,9 +155,11 @@ def test_each_compiled_tower_has_its_own_graphs_and_recompile_limit(monkeypatch)
     frames = torch._dynamo.utils.counters["frames"]
     before = frames["ok"]
     x = torch.rand(4, 3, 32, 32)
-    trained(x).sum().backward()
-    with torch.no_grad():
-        trained(x, cls_only=True)
-        frozen(x)
-        frozen(x, cls_only=True)
+    # config.patch restores the limit afterwards (monkeypatch's undo would delete the setting)
+    with torch._dynamo.config.patch(recompile_limit=2):
+        trained(x).sum().backward()
+        with torch.no_grad():
+            trained(x, cls_only=True)
+            frozen(x)
+            frozen(x, cls_only=True)
     assert frames["ok"] - before == 4
