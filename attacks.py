@@ -15,6 +15,12 @@ most C − 1 target classes (AutoAttack's 9 need 10 classes); the targeted DLR l
 (seed, sample index) (`per_sample_start`), so accuracies depend neither on the batch size nor
 on how torchrun processes share the samples.
 
+Under fp16 autocast the input gradient of a step can underflow to exact zeros (fp16's smallest
+value is 6e-8; PMG-AFT's temperature-1 attack at batch 128 measured 38 % zeros on the tiny
+model), and `sign(0) = 0` silently weakens the attack: `pgd` scales the loss there, as GradScaler
+does for weights (`LossScale`), and counts the zero entries (`GradStats`). fp32 and bf16 attacks
+are computed exactly as before (bf16 has fp32's exponent range).
+
     delta = pgd(lambda xa: F.cross_entropy(model.logits(xa, T), y), x, 1/255, 1/255, 100)
     python -m pytest tests/test_attacks.py -q
 """
@@ -32,6 +38,104 @@ import torch.nn.functional as F
 NORMS = ("l_inf", "l_2")
 ATTACKS = ("pgd", "cw", "autoattack")
 log = logging.getLogger("tga_zsr")
+
+
+def autocast_dtype(device_type: str):
+    """The dtype autocast runs `device_type` in now, or None (torch 2.3 has only per-device functions)."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except (AttributeError, TypeError):  # torch < 2.4
+        if device_type == "cuda":
+            return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return None
+
+
+class LossScale:
+    """The loss scale of fp16 attack gradients, one per objective and kept across calls, as GradScaler
+    keeps its own: start at 2¹⁶, halve and recompute the step when the input gradient is not finite
+    (an fp16 overflow somewhere in the backward), double after `growth_interval` finite steps.
+    Powers of two: scaling and unscaling are exact. Below `MIN` (the loss itself is not finite) the
+    step is taken unscaled, as it would be without scaling."""
+    INIT, MIN = 2.0 ** 16, 2.0 ** -8
+
+    def __init__(self, growth_interval: int = 1000):
+        self.value = self.INIT
+        self.growth_interval = growth_interval
+        self.good = 0
+
+    def backoff(self) -> bool:
+        """Halve; False once the scale is below MIN (give up scaling this step)."""
+        self.value /= 2
+        self.good = 0
+        return self.value >= self.MIN
+
+    def step_done(self) -> None:
+        self.good += 1
+        if self.good >= self.growth_interval:
+            self.value, self.good = self.value * 2, 0
+
+
+_LOSS_SCALES: dict = {}  # objective (its code object) -> LossScale
+
+
+def loss_scale_for(loss_fn) -> LossScale:
+    """The LossScale of an objective: the training attack's and the evaluation's need different scales
+    (a batch-mean at temperature 1 against a batch sum at ×100), each its own."""
+    key = getattr(loss_fn, "__code__", None) or type(loss_fn)
+    if key not in _LOSS_SCALES:
+        _LOSS_SCALES[key] = LossScale()
+    return _LOSS_SCALES[key]
+
+
+@dataclass
+class GradStats:
+    """What the input gradients of an attack looked like: entries seen, entries exactly 0, steps
+    recomputed at a lower loss scale, and the last scale (1: unscaled)."""
+    entries: int = 0
+    zeros: int = 0
+    retries: int = 0
+    scale: float = 1.0
+
+    @property
+    def zero_fraction(self) -> float:
+        return int(self.zeros) / max(1, self.entries)
+
+    def as_dict(self) -> dict:
+        return {"entries": self.entries, "zeros": int(self.zeros), "zero_fraction": self.zero_fraction,
+                "retries": self.retries, "scale": self.scale}
+
+
+ZERO_GRAD_WARN = 0.01  # an fp16 attack with more exact-zero gradient entries than this (after scaling) is said
+_WARNED: set = set()
+
+
+def input_gradient(loss_fn, x: torch.Tensor, delta: torch.Tensor, scale: LossScale | None = None,
+                   stats: GradStats | None = None) -> torch.Tensor:
+    """∂ loss_fn(x + δ) / ∂δ; with `scale` (fp16 autocast), of the scaled loss, unscaled again."""
+    if scale is None:
+        loss = loss_fn(x + delta)
+        (grad,) = torch.autograd.grad(loss.float(), delta)
+    else:
+        while True:
+            loss = loss_fn(x + delta)
+            s = scale.value
+            (grad,) = torch.autograd.grad(loss.float() * s, delta)
+            if bool(torch.isfinite(grad).all()):   # one host sync per step, fp16 only
+                scale.step_done()
+                grad = grad / s
+                break
+            if stats is not None:
+                stats.retries += 1
+            if not scale.backoff():
+                (grad,) = torch.autograd.grad(loss_fn(x + delta).float(), delta)
+                break
+    if stats is not None:  # the zero count stays on the device: no host sync for it
+        stats.entries += grad.numel()
+        stats.zeros = stats.zeros + (grad == 0).sum()
+        stats.scale = scale.value if scale is not None else 1.0
+    return grad
 
 
 @dataclass(frozen=True)
@@ -191,23 +295,57 @@ def _mt_temper(y: torch.Tensor) -> torch.Tensor:
     return y ^ (y >> 18)
 
 
-def mt19937_uniform(seeds: list[int], n: int, lo: float, hi: float, device) -> torch.Tensor:
+_MT_TWISTS = 4  # twists per call of _mt_draws: one compiled graph of ~150 ops (inductor builds it in ~10 s)
+
+
+def _mt_draws(state: torch.Tensor, span: float, low: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_MT_TWISTS` twists of every row: the new state and the `[B, _MT_TWISTS·624]` float32 draws."""
+    words = []
+    for _ in range(_MT_TWISTS):
+        state = _mt_twist(state)
+        words.append(state)
+    k = _mt_temper(torch.cat(words, 1)) & 0xFFFFFF
+    return state, (k.double() * 2.0 ** -24 * span + low).float()
+
+
+_DRAWS: dict = {}  # "compiled" -> the compiled _mt_draws, or None once it failed to build
+
+
+def _draws_function(compiled: bool):
+    """`_mt_draws`, compiled when asked: eagerly, one 224×224 image's 150 528 draws take 242 twists of
+    ~40 elementwise kernels each (~10 000 launches, 60–100 ms per batch on a GPU by the issue's count);
+    compiled, 61 calls of a few fused kernels. Inductor's integer and float64 operations are exact, so
+    the numbers are the same; if it cannot build (no Triton, no C++ compiler) the eager one is used."""
+    if not compiled or _DRAWS.get("compiled", 0) is None:
+        return _mt_draws
+    if "compiled" not in _DRAWS:
+        _DRAWS["compiled"] = torch.compile(_mt_draws, dynamic=True)
+    return _DRAWS["compiled"]
+
+
+def mt19937_uniform(seeds: list[int], n: int, lo: float, hi: float, device, compiled: bool | None = None) -> torch.Tensor:
     """`[B, n]` float32: row b equals `torch.empty(n).uniform_(lo, hi, generator=Generator().manual_seed(seeds[b]))`
-    for symmetric bounds (lo = −hi), computed on `device`."""
+    for symmetric bounds (lo = −hi), computed on `device`; `compiled` (default: on CUDA) fuses the
+    generator's kernels with torch.compile (`_draws_function`)."""
     if lo != -hi:
         raise ValueError("mt19937_uniform reproduces torch's draws exactly for symmetric bounds only")
+    device = torch.device(device)
     state = torch.from_numpy(_mt_seed_states(seeds).astype(np.int64)).to(device, non_blocking=True)
     lo32, hi32 = torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
     span, low = float(hi32 - lo32), float(lo32)   # float32 `hi − lo`, as the C code computes it
     out = torch.empty(len(seeds), n, dtype=torch.float32, device=device)
-    block = 16 * _MT_N                            # temper and convert 16 twists at a time
-    for start in range(0, n, block):
-        words = []
-        for _ in range(min(block, n - start + _MT_N - 1) // _MT_N):
-            state = _mt_twist(state)
-            words.append(state)
-        k = _mt_temper(torch.cat(words, 1)[:, :min(block, n - start)]) & 0xFFFFFF
-        out[:, start:start + k.shape[1]] = (k.double() * 2.0 ** -24 * span + low).float()
+    draws = _draws_function(device.type == "cuda" if compiled is None else compiled)
+    for start in range(0, n, _MT_TWISTS * _MT_N):
+        try:
+            state, values = draws(state, span, low)
+        except Exception as e:  # noqa: BLE001  (a compiler that cannot build: the eager kernels, same numbers)
+            if draws is _mt_draws:
+                raise
+            log.warning(f"the compiled PGD-start generator failed ({type(e).__name__}: {e}); using the eager one")
+            _DRAWS["compiled"], draws = None, _mt_draws
+            state, values = draws(state, span, low)
+        take = min(values.shape[1], n - start)
+        out[:, start:start + take] = values[:, :take]
     return out
 
 
@@ -230,13 +368,16 @@ def compiled_linf_update(backend: str = "inductor"):
 
 def pgd(loss_fn, x: torch.Tensor, eps: float, alpha: float, steps: int, norm: str = "l_inf",
         random_start: bool = True, momentum: float | None = None,
-        init: torch.Tensor | None = None, update=linf_update) -> torch.Tensor:
+        init: torch.Tensor | None = None, update=linf_update, stats: GradStats | None = None) -> torch.Tensor:
     """Projected gradient ascent on `loss_fn`; returns δ (detached) of the final iterate.
 
     l_inf: `δ ← Π(δ + α·sign(∇δ))`. l_2: `δ ← Π(δ + α·∇δ/‖∇δ‖)`. No restarts, no best-loss
     tracking, as the original code. `momentum` (FARE's inner attack): `v ← sign(μ·v + sign(∇δ))`,
-    `δ ← Π(δ + α·v)`. Works under autocast: δ stays fp32, the loss may be half precision.
+    `δ ← Π(δ + α·v)`. Works under autocast: δ stays fp32, the loss may be half precision; under
+    fp16 autocast the loss is scaled (`LossScale`) so that its input gradient does not underflow,
+    and an attack whose gradient still has more than ZERO_GRAD_WARN exact zeros is logged.
     `update`: the l_inf step without momentum (`compiled_linf_update()` under `--compile`).
+    `stats`: filled with the gradients' zero count, recomputed steps and the loss scale.
     """
     x = x.detach()
     if norm not in NORMS:
@@ -246,11 +387,13 @@ def pgd(loss_fn, x: torch.Tensor, eps: float, alpha: float, steps: int, norm: st
     else:
         delta = random_init(x, eps, norm) if random_start else torch.zeros_like(x)
     velocity = torch.zeros_like(x) if momentum is not None else None
+    scale = loss_scale_for(loss_fn) if autocast_dtype(x.device.type) == torch.float16 else None
+    if scale is not None and stats is None:
+        stats = GradStats()  # for the warning below
     for _ in range(int(steps)):
         delta.requires_grad_(True)
         with input_gradient_kernels(x.device):
-            loss = loss_fn(x + delta)
-            (grad,) = torch.autograd.grad(loss.float(), delta)
+            grad = input_gradient(loss_fn, x, delta, scale, stats)
         with torch.no_grad():
             if norm == "l_inf" and velocity is None:
                 delta = update(delta.detach(), grad, x, alpha, eps)
@@ -260,6 +403,10 @@ def pgd(loss_fn, x: torch.Tensor, eps: float, alpha: float, steps: int, norm: st
             else:
                 step = grad / _l2_norm(grad).clamp_min(1e-12)
                 delta = project(delta.detach() + alpha * step, x, eps, norm)
+    if scale is not None and steps and stats.zero_fraction > ZERO_GRAD_WARN and "zeros" not in _WARNED:
+        _WARNED.add("zeros")
+        log.warning(f"fp16 attack: {100 * stats.zero_fraction:.1f} % of the input-gradient entries were exactly 0 "
+                    f"at loss scale {stats.scale:g}: those pixels do not move (--attack_precision fp32 avoids it)")
     return delta.detach()
 
 

@@ -246,20 +246,24 @@ class GradCAM:
             self._handle = None
 
     def maps(self, tower, x: torch.Tensor, logit_scale, class_text: torch.Tensor, out_size: int | None = None,
-             differentiable: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+             differentiable: bool = False, through=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Grad-CAM maps `[B, 1, H, W]` of `tower` on x, and the tokens of that same forward.
 
-        `class_text`: `[B, D]` normalised text features of the images' labels (T[y]).
-        The map is detached unless `differentiable`. The tokens keep their graph (if any), so the
-        caller can reuse this forward for its CE loss.
+        `class_text`: `[C, D]` normalised text features of the candidate targets: the labels of the
+        batch (T[y], C = B, the original's), or of the whole global batch when it is split over
+        processes and micro-batches. The map is detached unless `differentiable`. The tokens keep
+        their graph (if any), so the caller can reuse this forward for its CE loss. `through`: the
+        module the forward goes through, when not `tower` itself (its DDP wrapper in multi-GPU
+        training, so that the weight gradients of this forward are all-reduced).
         """
         if self._handle is None:
             raise RuntimeError("GradCAM hook was removed")
         # A differentiable map needs the second derivative of attention: the fused SDPA kernels
         # (flash / memory-efficient, CPU and CUDA) have none, the math kernel is plain autograd ops.
         kernel = sdpa_kernel(SDPBackend.MATH) if differentiable else contextlib.nullcontext()
-        compiled = getattr(tower, "_compiled_call_impl", None) is not None
-        forward = tower.forward if compiled and not COMPILED_HOOKS_OK else tower   # .forward: eager
+        target = through if through is not None else tower
+        compiled = getattr(target, "_compiled_call_impl", None) is not None
+        forward = target.forward if compiled and not COMPILED_HOOKS_OK else target   # .forward: eager
         with torch.enable_grad(), self.capture(tower, x), kernel:
             tokens = forward(x)
         act, probe = self._activation, self._probe
@@ -270,7 +274,7 @@ class GradCAM:
             raise RuntimeError("Grad-CAM: the target layer's hook did not run (a torch.compile'd tower compiled "
                                "before the GradCAM was built ignores its hook; build it first)")
         cls = F.normalize(tokens[:, 0].float(), dim=-1)
-        scores = logit_scale * cls @ class_text.float().t()                    # [B, B]
+        scores = logit_scale * cls @ class_text.float().t()                    # [B, C]
         target = scores.detach().argmax(dim=1)                                # row-wise argmax
         selected = scores.gather(1, target[:, None]).sum()
         # The gradient with respect to the activation is taken as the gradient with respect to a

@@ -24,6 +24,9 @@ paper.py runs it for Table 8.
 `--loader` times the input pipeline per TinyImageNet image (64x64 JPEGs written to a temporary
 folder): the loader's JPEG decode + PIL Resize(256) + CenterCrop(224) on one core, against the decoded
 cache (`--decoded_cache`: a memory-mapped uint8 slice in the loader, the resize on `--device`).
+`--starts` times the evaluation's per-sample PGD random starts for one batch of `--batch_size`
+224×224 images: the CPU route (one torch.Generator per image) and the device route (the same
+numbers, MT19937 in tensor ops on `--device`), eager and compiled (what CUDA runs).
 This is the one benchmark script.
 
     python bench.py                                    # ViT-B/32, batch 16, 25 and 200 classes, CPU fp32
@@ -31,6 +34,7 @@ This is the one benchmark script.
     python bench.py --per_method --methods fare tima --steps 3 --threads 2
     python bench.py --cost --json cost.jsonl -c configs/mini.yaml --Method TGA-ZSR   # one row of Table 8
     python bench.py --loader --device cuda                                              # input pipeline
+    python bench.py --starts --device cuda --batch_size 256                             # PGD random starts
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 import datasets
-from attacks import no_param_grad, pgd
+from attacks import mt19937_uniform, no_param_grad, per_sample_start, pgd, start_seed
 from doctor import estimate_hours, peak_tflops
 from engine.device import autocast, forward_flops, make_scaler, resolve_device, resolve_precision, seed_everything
 from engine.evaluate import attack_batch
@@ -356,11 +360,29 @@ def loader_bench(args, device) -> dict:
             "device_resize_ms_per_img": on_device * 1e3, "device": str(device), "threads": torch.get_num_threads()}
 
 
+def starts_bench(args, device) -> dict:
+    """ms per batch of the evaluation's per-sample PGD starts (l_inf, ε 1/255, 224×224): the CPU route
+    (one torch.Generator per image) and the device route (the same numbers from MT19937 in tensor ops
+    on `device`), eager and compiled (what CUDA uses); medians of `--reps` after `--warmup`."""
+    x = torch.rand(args.batch_size, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(device)
+    seeds = [start_seed(0, i) for i in range(10_000, 10_000 + args.batch_size)]
+    out = {"batch": args.batch_size, "device": str(device), "threads": torch.get_num_threads()}
+    out["cpu_route_ms_per_batch"] = 1e3 * timed(
+        lambda: per_sample_start(x, torch.arange(10_000, 10_000 + args.batch_size), 1 / 255, "l_inf", 0,
+                                 on_device=False), args.reps, args.warmup, device)
+    for name, compiled in (("device_route_eager", False), ("device_route_compiled", True)):
+        out[f"{name}_ms_per_batch"] = 1e3 * timed(
+            lambda: mt19937_uniform(seeds, x[0].numel(), -1 / 255, 1 / 255, device, compiled=compiled),
+            args.reps, args.warmup, device)
+    return out
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """The benchmark's flags (`--cost` takes tga_zsr.py's flags instead: see cost_main)."""
     p = argparse.ArgumentParser("TGA-ZSR speed benchmark")
     p.add_argument("--per_method", action="store_true", help="seconds per training step of every method")
     p.add_argument("--loader", action="store_true", help="ms per TinyImageNet image: JPEG loader vs decoded cache")
+    p.add_argument("--starts", action="store_true", help="ms per batch of the evaluation's per-sample PGD starts")
     p.add_argument("--methods", nargs="+", default=[m for m in available_methods() if m != "clip"],
                    help="--per_method: which methods")
     p.add_argument("--steps", type=int, default=2, help="--per_method: timed steps per method (after a warm-up)")
@@ -395,6 +417,9 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     if args.loader:
         print(json.dumps(loader_bench(args, device)))
+        return 0
+    if args.starts:
+        print(json.dumps(starts_bench(args, device)))
         return 0
     precision = resolve_precision(args.precision, device)
     torch.manual_seed(0)

@@ -17,6 +17,7 @@ JOBS="  smoke         TGA-ZSR on the bundled tiny-world CLIP, mini world, CPU, <
   smoke-all     every method on the smoke setup, one folder, one table
   test          the test suite (what CI runs)
   doctor        self-check of this machine's device paths, and the wall clock of a paper run (doctor.json)
+  gpu-check     a GPU box's verdict and speed in <= 8 min (gpu_check/gpu_check.json); --cpu-smoke on a CPU
   mini          the mini benchmark: every method in the mini world, CPU, one table and a trade-off plot
   paper         the paper's tables (paper.py): bash main.sh paper --list | T7 --plan | T7
   mini-paper    the mini version of a table on the CPU, three seeds: bash main.sh mini-paper T7
@@ -62,6 +63,11 @@ case "$job" in
     done
     printf '\nmethods: listed here once the environment exists (any other job creates it)\n'
     exit 0 ;;
+  gpu-check)
+    # A GPU box may hold torch and CUDA but not the other packages, and no internet: wheelhouse.py picks the
+    # interpreter that has them all, or installs them offline from WHEELS (docs/gpus.md), over the box's torch.
+    py="$(python3 wheelhouse.py python --wheels "${WHEELS:-wheels}")"
+    exec "$py" gpu_check.py "$@" ;;
 esac
 ensure_env
 METHODS=($("$PY" -c "from methods import available_methods; print(' '.join(available_methods()))"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import types
 
 import numpy as np
 import torch
@@ -37,6 +38,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast(device: torch.device, precision: str):
+    """The autocast of a precision label. A label may carry "+tf32" (results record `amp+tf32` when
+    `--tf32` is on): TF32 is a matmul setting, orthogonal to autocast, so the suffix is ignored here."""
+    precision = precision.split("+")[0]
     if precision == "amp":
         return torch.autocast(device_type=device.type, dtype=torch.float16)
     if precision == "bf16":
@@ -75,6 +79,7 @@ def compile_module(module: torch.nn.Module, backend: str = "inductor") -> None:
     functorch_config = getattr(torch, "_functorch", None) and getattr(torch._functorch, "config", None)
     if functorch_config is not None and hasattr(functorch_config, "donated_buffer"):
         functorch_config.donated_buffer = False
+    own_forward(module)
     compiled = torch.compile(module._call_impl, backend=backend)
 
     def call(*args, **kwargs):
@@ -83,7 +88,30 @@ def compile_module(module: torch.nn.Module, backend: str = "inductor") -> None:
                 torch._dynamo.maybe_mark_dynamic(a, 0)  # a hint: code that needs a fixed size may still fix it
         return compiled(*args, **kwargs)
 
+    call.backend = backend  # compiled_backend: what a wrapper of this module is compiled with
     module._compiled_call_impl = call  # what nn.Module.compile sets (torch >= 2.2)
+
+
+def compiled_backend(module: torch.nn.Module, default: str = "inductor") -> str:
+    """The backend `compile_module` compiled `module` with."""
+    return getattr(getattr(module, "_compiled_call_impl", None), "backend", default)
+
+
+def own_forward(module: torch.nn.Module) -> None:
+    """Give `module` a forward of its own: the same function, on a copy of its code object.
+
+    Dynamo compiles the first frame it does not skip, `forward` (nn.Module's `_call_impl` is
+    skipped), and keeps its graphs, guards and recompile limit (8) per code object: without this
+    the trained tower, the frozen tower and every other ImageTower share one cache, so the modes
+    of both (train/eval, grad, CLS path, hooks) count against one limit, past which the tower
+    silently runs eagerly, and a graph traced for one tower is offered to the other (torch guards
+    neither on module identity nor on hooks). A copied code object has its own cache."""
+    if "forward" in module.__dict__:  # already its own (or set by the user)
+        return
+    f = type(module).forward
+    fn = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    fn.__kwdefaults__, fn.__qualname__, fn.__doc__ = f.__kwdefaults__, f.__qualname__, f.__doc__
+    module.forward = types.MethodType(fn, module)
 
 
 def is_compiled(module: torch.nn.Module) -> bool:
@@ -116,13 +144,25 @@ def rng_state() -> dict:
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> list[int]:
+    """Restore what `rng_state` saved. CUDA generators are restored for the devices this process sees,
+    one by one (`torch.cuda.set_rng_state_all` raises IndexError when fewer are visible than were
+    saved: a run of 8 GPUs resumed on 4 or on 1); returns the saved device indices that were dropped.
+    Where the device count is unchanged every generator is restored, and resume stays exact."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     random.setstate((3, tuple(state["python"]), state["python_gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = list(state.get("cuda") or [])
+    visible = torch.cuda.device_count() if saved and torch.cuda.is_available() else 0
+    for i, s in enumerate(saved[:visible]):
+        torch.cuda.set_rng_state(s, device=i)
+    dropped = list(range(visible, len(saved)))
+    if dropped:
+        log.warning(f"resume: the checkpoint holds the CUDA random states of {len(saved)} device(s), this process "
+                    f"sees {visible}: devices {dropped[0]}..{dropped[-1]} are dropped (their PGD random starts "
+                    f"differ from the original run's; the data order does not)")
+    return dropped
 
 
 def forward_flops(model, x) -> int:

@@ -16,6 +16,12 @@ What is distributed, and how the maths stays that of one process:
   dropped or counted twice) and the correct counts are summed with all_reduce. The PGD start
   is drawn from (seed, sample index), so the accuracies equal one process's exactly.
 * Only rank 0 writes files; every collective has a timeout (`--dist_timeout`).
+* Per step, training needs one collective of its own besides DDP's gradient buckets: the stop
+  flags (a signal, an unreadable image) of every rank, one all-reduce of host values over a gloo
+  group (`any_rank_flags`), so the host never waits for the GPU to finish a step before queueing
+  the next (an NCCL all-reduce of a flag read back on the host would). Gradients of trained
+  tensors outside the tower (TIMA's text tower) go in one flat all-reduce. Under `--compile` the
+  DDP wrapper is what is compiled, around the tower's eager forward (`wrap_trainable`).
 
     torchrun --nproc_per_node 4 tga_zsr.py --Method TGA-ZSR --batch_size 128     # 4 GPUs, 32 per GPU
     torchrun --nproc_per_node 2 tga_zsr.py -c configs/synthetic.yaml --device cpu    # CPU test (gloo)
@@ -32,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from engine.device import resolve_device, seed_everything
+from engine.device import compile_module, compiled_backend, is_compiled, resolve_device, seed_everything
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,29 @@ def mean_over_ranks(values: dict) -> dict:
     return dict(zip(keys, (t / dist.get_world_size()).tolist()))
 
 
+_CONTROL: dict = {}  # "group": the gloo group of host-side flags when the training group is NCCL
+
+
+def _control_group():
+    """The process group for host values: the default one when it is gloo, else a gloo group made
+    once (every rank makes it at the same call: the first per-step stop check)."""
+    if dist.get_backend() == "gloo":
+        return None
+    if "group" not in _CONTROL:
+        _CONTROL["group"] = dist.new_group(backend="gloo")
+    return _CONTROL["group"]
+
+
+def any_rank_flags(flags: list[bool]) -> list[bool]:
+    """For each host-side flag, whether it is true on any rank: one all-reduce of a CPU tensor over a
+    gloo group, with no GPU work and no wait for the GPU (the per-step stop checks)."""
+    if rank_world()[1] == 1:
+        return [bool(f) for f in flags]
+    t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control_group())
+    return [bool(v) for v in t.tolist()]
+
+
 def any_rank(flag: torch.Tensor) -> torch.Tensor:
     """True on every rank if it is true on one (a non-finite loss stops all ranks together)."""
     if rank_world()[1] == 1:
@@ -141,6 +170,18 @@ def any_rank(flag: torch.Tensor) -> torch.Tensor:
     t = flag.detach().to(_device_for_collectives(), torch.int32).reshape(1)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t[0].bool().to(flag.device)
+
+
+def gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """`t` of every rank, concatenated along dim 0 in rank order, on `t`'s device (no gradient flows
+    through it); every rank's `t` must have the same shape. `t` itself in one process."""
+    world = rank_world()[1]
+    if world == 1:
+        return t
+    src = t.detach().to(_device_for_collectives()).contiguous()
+    parts = [torch.empty_like(src) for _ in range(world)]
+    dist.all_gather(parts, src)
+    return torch.cat(parts).to(t.device)
 
 
 def broadcast_from_main(obj):
@@ -180,10 +221,30 @@ def wrap_trainable(model, device: torch.device) -> DistributedDataParallel | Non
     tower = model.image_tower
     if not any(p.requires_grad for p in tower.parameters()):
         return None
-    ddp = DistributedDataParallel(tower, device_ids=[device.index] if device.type == "cuda" else None,
+    compiled = is_compiled(tower)
+    # A compiled tower inside DDP would make one backward graph whose gradients all appear at its end,
+    # with every bucket's all-reduce after it; compiling the DDP wrapper instead lets dynamo split the
+    # graph at the buckets (its DDPOptimizer), so the all-reduces overlap the rest of the backward.
+    ddp = DistributedDataParallel(EagerForward(tower) if compiled else tower,
+                                  device_ids=[device.index] if device.type == "cuda" else None,
                                   find_unused_parameters=False, **no_forward_buffer_sync())
+    if compiled:
+        compile_module(ddp, backend=compiled_backend(tower))
     object.__setattr__(model, "ddp_tower", ddp)  # plain attribute: no new state_dict keys
     return ddp
+
+
+class EagerForward(torch.nn.Module):
+    """`tower` through its eager forward (not its compiled one): what DDP wraps, and compiles, when the
+    tower is compiled. Same parameters, same outputs; the tower's own compiled graphs stay for the
+    forwards outside DDP (the attack, the frozen reference, the evaluation)."""
+
+    def __init__(self, tower: torch.nn.Module):
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, *args, **kwargs):
+        return self.tower.forward(*args, **kwargs)
 
 
 def no_forward_buffer_sync(ddp_parameters=None) -> dict:
@@ -219,12 +280,14 @@ def average_gradients(params: list) -> None:
     """All-reduce mean of the gradients of trainable tensors outside the DDP module (e.g. a
     text tower some method trains); DDP already averages the tower's own."""
     world = rank_world()[1]
-    if world == 1:
+    grads = [p.grad for p in params if p.grad is not None]
+    if world == 1 or not grads:
         return
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-            p.grad /= world
+    flat = torch.cat([g.reshape(-1) for g in grads])   # one all-reduce, not one per tensor
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world
+    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(part.view_as(g))
 
 
 def seed_rank_streams(seed: int) -> None:

@@ -205,9 +205,12 @@ def evaluate_run(e: EvalSettings, model, run_dir: Path, checkpoint_desc: str, de
     skips what is done. Each row carries the settings, the method's name and its display `label`."""
     results_file = Path(run_dir) / "results.jsonl"
     done_rows = distributed.broadcast_from_main(read_results(results_file, log.warning))  # every rank: same sets
-    # --tf32 on a GPU is part of the precision a result was measured in (its own table, never skipped as done)
-    precision = precision + ("+tf32" if tf32_active(device) else "")
+    # --tf32 on a GPU is part of the precision a result was measured in (its own table, never skipped as done).
+    # The attack's precision is resolved first: TF32 is a matmul setting, not another autocast ("amp+tf32"
+    # is still fp16 autocast; engine.device.autocast reads the label's first part).
     attack_precision = resolve_precision(e.attack_precision or precision, device)
+    tf32 = "+tf32" if tf32_active(device) else ""
+    precision, attack_precision = precision + tf32, attack_precision + tf32
     size = model.image_tower.image_size[0]
     rows = []
     for eps in e.test_eps:

@@ -220,6 +220,11 @@ class ClipModel(nn.Module):
         return (self.ddp_tower is not None and torch.is_grad_enabled() and self.image_tower.training
                 and any(p.requires_grad for p in self.image_tower.parameters()))
 
+    def trainable_tower(self) -> nn.Module:
+        """The module a forward that will be back-propagated into the weights goes through: the DDP
+        wrapper during multi-GPU training (its weight gradients are all-reduced), else the tower."""
+        return self.ddp_tower if self._trains_through_ddp() else self.image_tower
+
     def image_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, 1+N, D]`: CLS then patch tokens, after ln_post and the projection."""
         if self._trains_through_ddp():

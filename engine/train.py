@@ -11,7 +11,10 @@ takes batch/W samples of it (the sampler interleaves ranks, so the union is one 
 batch) in `--accum_steps` K micro-batches of batch/(W·K); each micro-batch loss is weighted by
 its share of the rank's batch, DDP averages over ranks, and there is one optimiser step and
 one LR update per global batch. The schedule is counted in global steps, `len(loader)·epochs`
-of the global batch, whatever W and K are (tests/test_distributed.py).
+of the global batch, whatever W and K are (tests/test_distributed.py). A per-sample-mean loss is
+then that of the global batch; a method whose loss couples a batch's samples is told the split
+first (`Method.begin_batch` with a `BatchSplit`) and computes the global batch's loss, so every
+method's update is the same however the global batch is split (tests/test_distributed.py).
 
 Stops that lose nothing (docs/troubleshooting.md): SIGTERM, SIGINT and SIGUSR1
 (`StopSignals`), an image that cannot be decoded (without `--skip_corrupt`) and a checkpoint that
@@ -42,7 +45,7 @@ from datasets import CorruptImage, Indexed, collate_indexed, images_to
 from engine.device import autocast, make_scaler, rng_state, seed_everything, set_rng_state
 from engine.model import install_prompts
 from engine.settings import Settings, TrainSettings
-from methods import TrainingAttack, TrainingSetup
+from methods import BatchSplit, TrainingAttack, TrainingSetup
 
 log = logging.getLogger("tga_zsr")
 
@@ -290,6 +293,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         n = x.shape[0]
         chunks = list(zip(x.split(self.micro_batch), y.split(self.micro_batch), idx.split(self.micro_batch)))
+        split = BatchSplit(global_batch=n * self.world, rank_batch=n, world=self.world, rank=self.rank,
+                           micro_batches=len(chunks), gather=distributed.gather_cat)
+        with autocast(self.device, self.precision):
+            self.method.begin_batch(chunks, split)
         terms = {}
         for k, (xk, yk, ik) in enumerate(chunks):
             # Weight = the micro-batch's share of the rank's batch (1/K, or less for the smaller
@@ -375,16 +382,15 @@ class Trainer:
         self.skipped += len(unreadable) if self.skip_corrupt and n_good else 0
         corrupt = bool(unreadable) and not (self.skip_corrupt and n_good)
         signalled = self.should_stop is not None and self.should_stop() is not None
-        flags = torch.tensor([corrupt, signalled])
-        if self.world > 1:
-            flags = torch.stack([distributed.any_rank(f) for f in flags])
-        if not flags.any():
+        if self.world > 1:  # one all-reduce of host values, no wait for the GPU (distributed.any_rank_flags)
+            corrupt, signalled = distributed.any_rank_flags([corrupt, signalled])
+        if not (corrupt or signalled):
             return
         bar.close()  # its line ends before the message
         if self.saved_step != self.step:
             self.save()
         resume = f"python tga_zsr.py --resume {self.run_dir}"
-        if flags[1]:
+        if signalled:
             name = self.should_stop() or "a stop signal"
             raise RunStopped(f"{name}: training stopped at step {self.step} of {self.total_steps}, checkpoint saved "
                              f"in {self.run_dir / CHECKPOINT_NAME}. Resume with: {resume}",

@@ -9,7 +9,11 @@ original tower. The paper row's training protocol (learning rate, attack, schedu
 without editing anything (docs/adding_a_method.md walks through one).
 
 The method is built once per run with its flags' values (`Method(setup, **options)`) and
-`step(x, y, idx)` returns `{"loss": ..., <term>: ...}` for one micro-batch.
+`step(x, y, idx)` returns `{"loss": ..., <term>: ...}` for one micro-batch. Before the micro-batches
+of an optimiser step the loop calls `begin_batch(chunks, split)`: `split` (a `BatchSplit`) says how
+the global batch is split over processes and micro-batches, so that a loss that couples the samples
+of a batch is that of the global batch however it is split (docs/gpus.md: PMG-AFT's KL sums, FT's
+in-batch contrastive loss, the Vision-based row's Grad-CAM targets).
 
 | name | loss (one line) |
 |---|---|
@@ -32,6 +36,7 @@ import difflib
 import importlib
 import pkgutil
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +88,39 @@ class TrainingSetup:
     n_train: int = 0                   # training set size (per-image caches)
 
 
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+@dataclass(frozen=True)
+class BatchSplit:
+    """How the global batch of one optimiser step is split: `world` processes, this one `rank`, each
+    with `micro_batches` micro-batches of its `rank_batch` images (the loop weights each micro-batch's
+    loss by its share of the rank's batch and DDP averages the ranks). `gather(t)`: `t` of every rank,
+    concatenated in rank order (`t` itself in one process; no gradient flows through it)."""
+    global_batch: int
+    rank_batch: int
+    world: int = 1
+    rank: int = 0
+    micro_batches: int = 1
+    gather: Callable = _same
+
+    @property
+    def whole(self) -> bool:
+        """One process, one micro-batch: the batch is computed in one piece."""
+        return self.world * self.micro_batches == 1
+
+    def sum_scale(self, micro_batch: int) -> float:
+        """The factor that turns a sum over one micro-batch into its share of the sum over the global
+        batch, after the loop's weighting and DDP's mean: global batch / micro-batch (1 when whole)."""
+        return 1.0 if self.whole else self.global_batch / micro_batch
+
+
+def whole_batch(n: int) -> BatchSplit:
+    """The split of a batch of `n` computed in one piece (a method stepped outside the loop)."""
+    return BatchSplit(global_batch=n, rank_batch=n)
+
+
 class Method:
     """Base class. Subclasses set the class attributes and implement `step`; `__init__` takes the
     method's own flags by name (`def __init__(self, setup, Alpha, Beta, ...)`)."""
@@ -100,6 +138,7 @@ class Method:
     def __init__(self, setup: TrainingSetup):
         self.model, self.text, self.frozen = setup.model, setup.text_features, setup.frozen
         self.attack = setup.attack
+        self.split: BatchSplit | None = None   # this optimiser step's, set by begin_batch
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -109,6 +148,17 @@ class Method:
     def trainable_extra(self) -> dict:
         """Trained tensors outside the visual tower and the prompts: {name in model.clip: parameter}."""
         return {}
+
+    def begin_batch(self, chunks: list, split: BatchSplit) -> None:
+        """Called once per optimiser step, under the step's autocast, before `step` runs on each of this
+        process's micro-batches `chunks` = [(x, y, idx), ...] in order. A method whose loss is a
+        per-sample mean needs nothing here; one whose loss couples the samples of a batch reads
+        `split` (and may prepare the global batch's terms)."""
+        self.split = split
+
+    def batch_split(self, n: int) -> BatchSplit:
+        """This step's split, or that of a whole batch of `n` when the method is stepped on its own."""
+        return self.split if self.split is not None else whole_batch(n)
 
     def step(self, x, y, idx=None) -> dict:
         raise NotImplementedError

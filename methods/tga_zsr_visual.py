@@ -6,10 +6,17 @@ The maps are full size (attention.GradCAM), so the distances are the explicit on
 original code the map is computed in numpy and carries no gradient, so this row trains CE only;
 we keep that by default and offer `--differentiable_cam` for what the paper describes.
 
+Each image's Grad-CAM target is the top-scoring of the batch's label prompts (the original's
+argmax over `T[y]`): a choice among the whole batch. When the global batch is split over processes
+or micro-batches the candidates are the labels of the whole global batch (gathered), so the targets,
+and the maps, are those of the batch in one piece. The trained tower's forwards go through its DDP
+wrapper in multi-GPU training (`model.trainable_tower()`): their weight gradients are all-reduced.
+
     python tga_zsr.py --Method TGA-ZSR --atten_methods visual
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from attention import GradCAM, map_distance_explicit
@@ -18,17 +25,19 @@ from methods.tga_zsr import TGAZSR
 
 
 def gradcam_tga_loss(model, frozen_model, cam_model, cam_frozen, x, x_adv, y, text_features, alpha, beta,
-                     distance="l2", differentiable=False):
+                     distance="l2", differentiable=False, candidates=None):
     """`CE + alpha · d(A_adv, A_ori) + beta · d(A_cl, A_ori)` on Grad-CAM maps; unless
-    `differentiable`, the maps carry no gradient and only the CE trains (the original's behaviour)."""
+    `differentiable`, the maps carry no gradient and only the CE trains (the original's behaviour).
+    `candidates`: the labels whose prompts are the Grad-CAM targets (default y: the batch's own)."""
     out_size = model.image_tower.image_size[0]
     s = model.logit_scale
-    t = text_features[y]
+    t = text_features[y if candidates is None else candidates]
+    trained = model.trainable_tower()
     if alpha == 0 and beta == 0:
         tok_adv = model.image_tokens(x_adv)
         a_adv = None
     else:
-        a_adv, tok_adv = cam_model.maps(model.image_tower, x_adv, s, t, out_size, differentiable)
+        a_adv, tok_adv = cam_model.maps(model.image_tower, x_adv, s, t, out_size, differentiable, through=trained)
     ce = F.cross_entropy(model.logits_from_tokens(tok_adv, text_features).float(), y)
     zero = ce.new_zeros(())
     if a_adv is None:
@@ -38,7 +47,7 @@ def gradcam_tga_loss(model, frozen_model, cam_model, cam_frozen, x, x_adv, y, te
     ar = map_distance_explicit(a_adv, a_ori, distance, out_size) if alpha != 0 else zero
     amc = zero
     if beta != 0:
-        a_cl, _ = cam_model.maps(model.image_tower, x, s, t, out_size, differentiable)
+        a_cl, _ = cam_model.maps(model.image_tower, x, s, t, out_size, differentiable, through=trained)
         amc = map_distance_explicit(a_cl, a_ori, distance, out_size)
     return {"loss": ce + alpha * ar + beta * amc, "ce": ce, "ar": ar, "amc": amc}
 
@@ -59,9 +68,16 @@ class TGAZSRVisual(TGAZSR):
         self.differentiable = differentiable_cam
         # One hook per tower for the whole run (the original leaks a hook per call).
         self.cams = (GradCAM(self.model.image_tower), GradCAM(self.frozen))
+        self.candidates = None  # the global batch's labels when it is split (begin_batch)
+
+    def begin_batch(self, chunks, split):
+        super().begin_batch(chunks, split)
+        # the labels of the whole global batch: every image's Grad-CAM target is chosen among them
+        self.candidates = None if split.whole else split.gather(torch.cat([y for _, y, _ in chunks]))
 
     def step(self, x, y, idx=None):
         x_adv = self.attack(self.model, x, y, self.text)
         cam_model, cam_frozen = self.cams
         return gradcam_tga_loss(self.model, self.frozen, cam_model, cam_frozen, x, x_adv, y, self.text,
-                                self.alpha, self.beta, self.distance, differentiable=self.differentiable)
+                                self.alpha, self.beta, self.distance, differentiable=self.differentiable,
+                                candidates=self.candidates)

@@ -9,6 +9,7 @@ with inductor on the user's machine.
 
     python -m pytest -q tests/test_compile.py
 """
+import copy
 import shutil
 
 import pytest
@@ -137,3 +138,28 @@ def test_evaluation_attack_compiles_its_update_with_the_tower(monkeypatch):
     # same images up to the compiled tower's float reassociation (gradients of 1e-7 relative size can
     # flip a sign where the gradient is ~0; a flipped sign moves that pixel by at most 2 steps of 1/255)
     assert (compiled - eager).abs().max() <= 2 / 255 + 1e-6
+
+
+def test_each_compiled_tower_has_its_own_graphs_and_recompile_limit():
+    """The trained and the frozen tower (and any other compiled ImageTower) keep their own graphs:
+    dynamo caches per code object, and without a forward of their own every tower shares
+    ImageTower.forward's cache and its one recompile limit (8). Here the limit is 2 and each tower
+    needs 2 graphs (full tokens with weight gradients / the CLS path; full tokens / the CLS path,
+    no grad): all 4 must be compiled, none left eager."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    trained = load_clip("tiny-vit", None).image_tower
+    frozen = copy.deepcopy(trained).eval().requires_grad_(False)
+    for tower in (trained, frozen):
+        compile_module(tower, backend=BACKEND)
+    frames = torch._dynamo.utils.counters["frames"]
+    before = frames["ok"]
+    x = torch.rand(4, 3, 32, 32)
+    # config.patch restores the limit afterwards (monkeypatch's undo would delete the setting)
+    with torch._dynamo.config.patch(recompile_limit=2):
+        trained(x).sum().backward()
+        with torch.no_grad():
+            trained(x, cls_only=True)
+            frozen(x)
+            frozen(x, cls_only=True)
+    assert frames["ok"] - before == 4

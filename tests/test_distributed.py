@@ -24,6 +24,7 @@ import tga_zsr
 from engine.checkpoint import load_file
 from engine.model import load_clip
 from engine.device import seed_everything
+from methods import available_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["-c", "configs/synthetic.yaml", "--device", "cpu", "--print_freq", "1", "--max_steps", "2",
@@ -46,15 +47,42 @@ TOL = 1e-5
 LOG_REL = {"loss": 1e-4, "ce": 1e-5, "ar": 1e-3, "amc": 1e-3}
 
 
+# Methods whose loss couples the samples of a batch (PMG-AFT's KL sums, FT's in-batch contrastive
+# loss, the Vision-based row's Grad-CAM targets among the batch's labels, trained with
+# --differentiable_cam so that the maps carry gradient): split over 2 ranks, 2 micro-batches or
+# both, each must give the weights of one process on the whole batch (methods.BatchSplit).
+# TGA_ZSR_SPLIT_METHODS=all runs every method of the registry the same way (a few minutes more).
+SPLIT_METHODS = {"ft_clean": [], "ft_adv": [], "pmg_aft": [], "tga_zsr_visual": ["--differentiable_cam"]}
+if os.environ.get("TGA_ZSR_SPLIT_METHODS") == "all":
+    SPLIT_METHODS = {m: SPLIT_METHODS.get(m, []) for m in available_methods() if m != "clip"}
+SPLITS = {"ranks": [], "ranks_accum": ["--accum_steps", "2"]}
+# SGD for every method (FARE's AdamW would turn a rounding difference in a ~0 gradient into a full step),
+# at 1e-1: FT's contrastive gradient is small (2 steps at 1e-3 moved the weights by 7e-5, too little to
+# tell a wrong objective from rounding); TOL's reasoning holds at this rate: the weights stay O(1), and a
+# gradient's float32 rounding (~1e-6 of it, |g| < 1) times 1e-1 is ~1e-7.
+# PMG-AFT's temperature-1 CE has ~100× smaller gradients (cosines, not ×100 logits): 10 moves it as much
+# (its gradient is ~1e-3, so its rounding times 10 is ~1e-8).
+METHOD_LR = {"pmg_aft": "10"}
+
+
+def _method_argv(method: str, out: Path, name: str, *extra: str) -> list:
+    return BASE + EXACT + ["--Method", method, *SPLIT_METHODS[method], "--optimizer", "sgd", "--learning_rate",
+                           METHOD_LR.get(method, "1e-1"), "--no_eval", "--output_dir", str(out), "--name", name, *extra]
+
+
 def _cases(runs: Path) -> dict:
     out = ["--output_dir", str(runs)]
-    return {
+    cases = {
         "plain": BASE + EXACT + EVAL + out + ["--name", "plain"],
         "accum": BASE + EXACT + out + ["--name", "accum", "--accum_steps", "2", "--no_eval"],
         "attack": BASE + out + ["--name", "attack", "--no_eval", "--save_freq", "0"],
         "cut": BASE + out + ["--name", "cut", "--no_eval", "--save_freq", "0", "--max_steps", "1"],
         "resume": ["--resume", str(runs / "cut"), "--device", "cpu", "--no_eval", "--max_steps", "2"],
     }
+    for m in SPLIT_METHODS:
+        for split, extra in SPLITS.items():
+            cases[f"{m}_{split}"] = _method_argv(m, runs.parent / "methods", f"{m}_{split}", *extra)
+    return cases
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -91,6 +119,16 @@ def single(tmp_path_factory):
 
 def _weights(run: Path) -> dict:
     return load_file(run / "last.pt")["vision_encoder_state_dict"]
+
+
+def _trained(run: Path) -> dict:
+    """Every tensor a run trains: the tower, the visual prompts (TeCoA w/ prompting), the extra tensors
+    (TIMA's text tower)."""
+    ckpt = load_file(run / "last.pt")
+    out = {f"visual.{k}": v for k, v in ckpt["vision_encoder_state_dict"].items()}
+    out.update({f"prompter.{k}": v for k, v in (ckpt.get("prompter_state_dict") or {}).items()})
+    out.update({f"extra.{k}": v for k, v in (ckpt.get("extra_trainable_state") or {}).items()})
+    return out
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -168,3 +206,39 @@ def test_attack_bypasses_ddp_and_resume_is_exact(ddp):
     assert load_file(ddp["runs"] / "cut" / "last.pt")["step"] == 2
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len(load_file(ddp["runs"] / "cut" / "last.pt")["rng_per_rank"]) == 2
+
+
+@pytest.fixture(scope="module")
+def single_methods(tmp_path_factory):
+    """Each split method in one process: the whole batch of 16, and 2 micro-batches of 8."""
+    out = tmp_path_factory.mktemp("single_methods")
+    for m in SPLIT_METHODS:
+        assert tga_zsr.main(_method_argv(m, out, f"{m}_whole")) == 0
+        assert tga_zsr.main(_method_argv(m, out, f"{m}_accum", "--accum_steps", "2")) == 0
+    return out
+
+
+@pytest.mark.parametrize("method", list(SPLIT_METHODS))
+def test_every_split_of_the_global_batch_gives_the_same_weights(ddp, single_methods, method):
+    """One process on the whole batch of 16 against: 1 process x 2 micro-batches, 2 ranks x 8, and
+    2 ranks x 2 micro-batches x 4. TOL's reasoning (top of the file) holds: the same sums in another
+    order (measured: FT 6e-8, Vision-based 1.4e-7, PMG-AFT 1.7e-6 at its rate of 10). Computed piece by
+    piece, as before, the splits differed by 1.4e-3 (FT: a piece's negatives), 3.2e-2 (PMG-AFT: the KL
+    weight halved) and 0.15 (Vision-based: Grad-CAM forwards that bypassed DDP, targets among a piece's
+    labels) after 2 steps."""
+    whole = _trained(single_methods / f"{method}_whole")
+    seed_everything(0)
+    init = load_clip("tiny-vit", None).visual.state_dict()
+    # FARE with --train_eps 0: x_adv = x, its loss and gradient are 0 at θ₀; TeCoA w/ prompting trains
+    # its prompts, not the tower (they are compared below all the same)
+    if method not in ("fare", "tecoa_vpt"):
+        moved = max(float((whole[f"visual.{k}"] - v).abs().max()) for k, v in init.items())
+        assert moved > 100 * TOL        # the steps moved the weights: the check has teeth
+    runs = ddp["runs"].parent / "methods"
+    for name, run in ((f"{method}_accum", single_methods / f"{method}_accum"),
+                      *((f"{method}_{split}", runs / f"{method}_{split}") for split in SPLITS)):
+        assert _max_diff(_trained(run), whole) < TOL, name
+        h_split, h_whole = _history(run), _history(single_methods / f"{method}_whole")
+        assert h_split[-1]["loss"] == pytest.approx(h_whole[-1]["loss"], rel=1e-4), name   # LOG_REL["loss"]
+    for rec in ddp["records"]:   # every rank's trainable forwards went through DDP (2 steps, at least 1 each)
+        assert rec[f"{method}_ranks"]["ddp_forwards"] >= 2

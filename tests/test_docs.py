@@ -42,11 +42,12 @@ README_MAX_LINES = 300
 SKIPPED = {"pip", "git", "huggingface-cli", "export", "cd", "source"}
 # Entry scripts: each has get_args_parser() (tga_zsr.py's is engine.settings.parse_args, layered defaults).
 ENTRY_SCRIPTS = {"tga_zsr.py", "paper.py", "report.py", "visualize.py", "bench.py", "doctor.py",
-                 "pretrain_tiny.py", "audit.py"}
+                 "pretrain_tiny.py", "audit.py", "gpu_check.py", "wheelhouse.py"}
 ENTRY_MODULES = {"datasets.prepare"}
 # What main.sh passes a job's arguments to (the jobs of the method registry go to tga_zsr.py).
 JOB_TARGET = {"smoke": "tga_zsr.py", "smoke-all": "tga_zsr.py", "mini": "tga_zsr.py", "all": "tga_zsr.py",
               "paper": "paper.py", "mini-paper": "paper.py", "doctor": "doctor.py", "audit": "audit.py",
+              "gpu-check": "gpu_check.py",
               "test": "pytest", "help": None, "--help": None, "-h": None}
 COMMAND_LANGS = {"bash", "sh", "shell", "console"}
 FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)[^\n]*$")

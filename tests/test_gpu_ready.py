@@ -4,9 +4,12 @@ device (docs/gpus.md).
 
     python -m pytest -q tests/test_gpu_ready.py
 """
+import copy
 import inspect
+import shutil
 import os
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,7 +29,7 @@ from datasets.common import resize_center_crop, resize_square, rgb_first
 from engine.evaluate import evaluate_dataset
 from engine.settings import parse_args
 from engine.settings import Settings
-from engine.train import build_method
+from engine.train import Trainer, build_method
 
 # The floor of requirements.txt, torch 2.3.0: the parameters of the two constructors we call, as
 # `inspect.signature` lists them there (read from an installed torch 2.3.0).
@@ -91,6 +94,52 @@ def test_gloo_ddp_with_the_floor_and_the_installed_keyword(gloo_group, tiny_mode
         assert all(p.grad is not None for p in tower.parameters())
         tower.zero_grad(set_to_none=True)
     assert not [w for w in caught if "buffers" in str(w.message)]  # the installed keyword: silent
+
+
+def test_compiled_tower_under_ddp_compiles_the_wrapper_around_its_eager_forward(gloo_group, tiny_model, monkeypatch):
+    """--compile with DDP: DDP wraps the tower's eager forward and the wrapper is what is compiled (dynamo
+    then splits the backward at DDP's gradient buckets); the tower keeps its own compiled graphs for the
+    attack and the evaluation. Same gradients as the eager DDP step (aot_eager runs the same kernels)."""
+    monkeypatch.setattr(distributed, "rank_world", lambda: (0, 2))   # wrap as a 2-process run would
+    eager_model = copy.deepcopy(tiny_model)
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for model, compiled in ((eager_model, False), (tiny_model, True)):
+        if compiled:
+            device.compile_module(model.image_tower, backend="aot_eager")
+        ddp = distributed.wrap_trainable(model, torch.device("cpu"))
+        assert isinstance(ddp.module, distributed.EagerForward) == compiled
+        assert device.is_compiled(ddp) == compiled
+        model.image_tower.train()
+        model.image_tokens(x).sum().backward()     # through the wrapper: grad on, train mode, weights trained
+        grads.append(torch.cat([p.grad.flatten() for p in model.visual.parameters()]))
+        distributed.unwrap(model)
+    assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 1e-5  # float32 reassociation only
+
+
+def test_a_training_step_needs_one_host_collective(gloo_group, monkeypatch):
+    """The per-step stop check (a signal, an unreadable image on any rank) is one all-reduce of host values,
+    not one per flag on the device (each a wait for the GPU under NCCL); the gradients of trained tensors
+    outside DDP (TIMA's text tower) go in one all-reduce too, averaged over the ranks."""
+    calls = []
+    real = dist.all_reduce
+
+    def counting(t, *args, **kwargs):
+        calls.append(t.device.type)
+        return real(t, *args, **kwargs)
+
+    monkeypatch.setattr(dist, "all_reduce", counting)
+    monkeypatch.setattr(distributed, "rank_world", lambda: (0, 2))
+    me = SimpleNamespace(skip_corrupt=False, should_stop=lambda: None, world=2, skipped=0)
+    Trainer._stop_if_asked(me, [], 4, None)
+    assert calls == ["cpu"]
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.ones(1))]
+    for i, p in enumerate(params):
+        p.grad = torch.full_like(p, 2.0 * (i + 1))
+    distributed.average_gradients(params)
+    assert calls == ["cpu", "cpu"]
+    # the group holds one process here, so the sum is this rank's own gradient, divided by the 2 "ranks"
+    assert [p.grad.tolist() for p in params] == [[1.0] * 3, [[2.0, 2.0], [2.0, 2.0]], [3.0]]
 
 
 # --- bf16 autocast -------------------------------------------------------------------------------------------
@@ -186,3 +235,14 @@ def test_device_starts_equal_the_cpu_generator():
     assert torch.equal(mt19937_uniform(seeds, 1000, -0.5, 0.5, "cpu"), ref)
     with pytest.raises(ValueError, match="symmetric"):
         mt19937_uniform(seeds, 10, 0.0, 1.0, "cpu")
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="inductor needs a C++ compiler on the CPU")
+def test_compiled_device_starts_equal_the_cpu_generator():
+    """What CUDA runs: the generator's twists fused by torch.compile (inductor; here its C++ backend)
+    give the same numbers bit for bit, for a new batch size and a new ε without another build."""
+    seeds = [start_seed(0, 7), start_seed(1, 0), 2 ** 40 + 17]
+    for rows, n, bound in ((3, 3 * 224 * 224, 1 / 255), (2, 1000, 0.5)):
+        ref = torch.stack([torch.empty(n).uniform_(-bound, bound, generator=torch.Generator().manual_seed(s))
+                           for s in seeds[:rows]])
+        assert torch.equal(mt19937_uniform(seeds[:rows], n, -bound, bound, "cpu", compiled=True), ref)
