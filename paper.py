@@ -38,6 +38,7 @@ from reports.paper_runs import (Run, add_evaluation, device_type, estimate, eval
 from reports.paper_tables import (DeclarationError, build_view, directions, has_mini, load_declaration, load_paper_numbers,
                           load_protocols, table_ids, trade_off_figure, view_evals, write_outputs)
 from reports.tables import group_title
+from engine.settings import DefaultsShown
 from engine.results import read_jsonl
 
 ROOT = Path(__file__).resolve().parent
@@ -343,8 +344,9 @@ def print_tables(plan: Plan, dev_type: str) -> list[Path]:
 
 # --- command line -------------------------------------------------------------------------------------------
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("every table of the paper, beside the paper's numbers",
-                                epilog="flags after -- go to every tga_zsr.py command of the tables")
+    p = argparse.ArgumentParser("paper.py", description="every table of the paper, beside the paper's numbers",
+                                epilog="flags after -- go to every tga_zsr.py command of the tables",
+                                formatter_class=DefaultsShown, allow_abbrev=False)
     p.add_argument("tables", nargs="*", help="table ids (T1 T3 T4 T5 T6 T7 T8 T9 T11 T13 T14 T18 T20 CT) or all")
     p.add_argument("--list", action="store_true", help="every table: what it varies, its runs and data, its mini form")
     p.add_argument("--mini", action="store_true", help="the mini world on a CPU (bash main.sh mini-paper)")

@@ -41,8 +41,8 @@ from engine.model import build_model
 from engine.device import resolve_device, seed_everything
 from engine.evaluate import attack_batch
 from methods import method_label
-from engine.settings import Settings, parse_args
-from reports.plots import STYLE, make_trade_off, plot_loss_curve, pyplot, save_figure
+from engine.settings import DefaultsShown, Settings, parse_args
+from reports.plots import COLUMN_IN, MIN_FONT_PT, STYLE, make_trade_off, plot_loss_curve, pyplot, save_figure, wrapped
 
 log = logging.getLogger("tga_zsr")
 
@@ -221,7 +221,8 @@ def make_attention_grid(resume: str, dataset: str | None = None, root: str | Non
 
 # --- command line ------------------------------------------------------------------------------
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("TGA-ZSR figures: attention grid, trade-off plot, loss curve")
+    p = argparse.ArgumentParser("visualize.py", description="TGA-ZSR figures: attention grid, trade-off plot, "
+                                "loss curve", formatter_class=DefaultsShown, allow_abbrev=False)
     g = p.add_argument_group("Attention grid (needs --resume)")
     g.add_argument("--resume", default=None, metavar="RUN_OR_FILE",
                    help="fine-tuned run folder or checkpoint file: draws attention_grid.png/.pdf")
