@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from attacks import AA_VERSIONS, PGDSettings, attack_list
+from engine.weights import HF_CONFIG, HF_WEIGHTS, HUB_CONFIG, HUB_WEIGHTS, weights_folder_kind
 from datasets import TEST_DATASETS, DatasetError, canonical_name, default_workers
 from methods import DEFAULT_METHOD_NAME, MINI_LR_FACTOR, canonical_method, get_method, method_flags
 
@@ -89,7 +90,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("Model")
     add(g, "--arch", role="model", default="vit_b32", help="vit_b32 or any open_clip model name / config json")
     add(g, "--pretrained", role="model", default="openai",
-        help="open_clip tag, local weights file, weights folder, hf-hub:org/name, or 'none'")
+        help="open_clip tag, local weights file, weights folder (open_clip hub or transformers CLIPModel; any "
+             "path: relative, absolute, ~, a symlink), hf-hub:org/name, or 'none'")
     add(g, "--image_size", role="model", type=int, default=224, help="input size of the datasets' transforms")
     add(g, "--adaptation_method", role="model", default="FT", choices=["FT", "VPT"],
         help="fine-tune the visual tower, or train visual prompts only (TeCoA w/ prompting)")
@@ -411,6 +413,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         defaults.pop("Method", None)  # None says "not given": an evaluation then names itself after its weights
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
+    values = vars(args)  # the namespace's own dict: what is set here is set on args
+    for flag in PATH_FLAGS:
+        if isinstance(values[flag], str) and values[flag].startswith("~"):
+            values[flag] = os.path.expanduser(values[flag])
     if args.gpu is not None:
         args.device = f"cuda:{args.gpu}"
     return args
@@ -453,11 +459,15 @@ def validate(args, world: int = 1) -> None:
     for root in (args.root.values() if isinstance(args.root, dict) else [args.root]):
         if os.path.exists(root) and not os.path.isdir(root):
             problems.append(f"--root {root}: is a file, not a folder; give the folder that holds the datasets")
-    weights = str(args.pretrained)
-    looks_like_a_file = os.sep in weights or weights.endswith((".pt", ".pth", ".tar", ".bin"))
-    if looks_like_a_file and not weights.startswith("hf-hub:") and not os.path.isfile(weights):
-        problems.append(f"--pretrained {weights}: no such file (give a weights file, an open_clip tag such as "
-                        f"openai, or none)")
+    weights = os.path.expanduser(str(args.pretrained))
+    looks_like_a_path = os.sep in weights or weights.endswith((".pt", ".pth", ".tar", ".bin", ".safetensors"))
+    if os.path.isdir(weights) and weights_folder_kind(weights) is None:
+        problems.append(f"--pretrained {weights}: a folder, but neither an open_clip hub folder ({HUB_CONFIG} + "
+                        f"{' or '.join(HUB_WEIGHTS)}) nor a transformers CLIPModel folder ({HF_CONFIG} + "
+                        f"{' or '.join(HF_WEIGHTS)})")
+    elif looks_like_a_path and not weights.startswith("hf-hub:") and not os.path.exists(weights):
+        problems.append(f"--pretrained {weights}: no such file or folder (give a weights file, a weights folder, "
+                        f"an open_clip tag such as openai, or none)")
     cls = get_method(args.Method or DEFAULT_METHOD_NAME, args.atten_methods)
     if cls.trains == "prompts" and args.adaptation_method != "VPT" and not args.eval_only:
         problems.append(f"--Method {cls.name} trains visual prompts: it needs --adaptation_method VPT "
