@@ -171,6 +171,25 @@ def expected_count(canonical: str, split: str):
     return i.counts.get(split)
 
 
+def thousands(n: int) -> str:
+    """27000 -> '27 000' (the paper's own spacing of large numbers)."""
+    return f"{n:,}".replace(",", " ")
+
+
+def partial_label(count: int, expected: int | None, classes: int | None = None,
+                  expected_classes: int | None = None) -> str | None:
+    """'partial (30 / 27 000)' for a split with fewer images (or classes) than its official release, else
+    None: what tga_zsr.py refuses without --allow_partial, and what every result of such a split carries."""
+    short_images = expected is not None and count < expected
+    short_classes = expected_classes is not None and classes is not None and classes < expected_classes
+    if not (short_images or short_classes):
+        return None
+    text = f"{thousands(count)} / {thousands(expected)}" if expected is not None else f"{thousands(count)} images"
+    if short_classes:
+        text += f"; {classes} / {expected_classes} classes"
+    return f"partial ({text})"
+
+
 def prepare_hint(canonical: str, root: str) -> str:
     """The command or the manual steps that put `canonical` in place under `root`."""
     i = INFO[canonical]

@@ -168,6 +168,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="evaluate every K-th batch of --test_batch_size images only (TeCoA's validation: 20)")
     add(g, "--save_adv", role="eval", once=True, type=int, default=0, metavar="N",
         help="save the first N adversarial examples of each dataset to <run>/adv/")
+    add(g, "--allow_partial", role="run", once=True, action="store_true",
+        help="train / evaluate on a dataset with fewer images than its official release (refused otherwise, "
+             "before any work); every result row, table and model card then says 'partial (found / expected)'")
 
     groups = {}
     for cls, (names, kwargs) in method_flags():
@@ -579,6 +582,7 @@ class RunSettings:
     compile: bool
     tf32: bool
     dist_timeout: float
+    allow_partial: bool
 
 
 def _pick(cls, values: dict, **extra):

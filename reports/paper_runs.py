@@ -178,26 +178,33 @@ def eval_status(run: Run, ev: Evaluation, out: Path, dev_type: str, state=None) 
 
 
 def results_of(run: Run, ev: Evaluation, out: Path, dev_type: str) -> dict:
-    """{dataset: (robust, clean)} of what is in the run's results.jsonl for this evaluation's attack
+    """{dataset: (robust, clean, marks)} of what is in the run's results.jsonl for this evaluation's attack
     settings (the attack precision this device resolves to) and seed (the latest row of each
-    dataset), whatever has finished."""
+    dataset), whatever has finished; `marks` says what a number is not: {"stopped": ['stopped at step N
+    of M']} (a training stopped before its schedule), {"partial": ['EuroSAT partial (30 / 27 000)']}."""
     precision = resolve_precision(ev.settings.run.precision, torch.device(dev_type))
     settings = eval_setting(ev.settings, "", precision)
     key = tuple(settings[k] for k in GROUP_KEYS)
     got = {}
     for r in read_results(out / run.name):
         if tuple(setting(r, k) for k in GROUP_KEYS) == key and r.get("seed") == run.settings.train.seed:
-            got[r["dataset"]] = (r.get("robust_acc"), r.get("clean_acc"))
+            marks = {"stopped": [r["stopped"]] if r.get("stopped") else [],
+                     "partial": [f"{r['dataset']} {r['partial']}"] if r.get("partial") else []}
+            got[r["dataset"]] = (r.get("robust_acc"), r.get("clean_acc"), {k: v for k, v in marks.items() if v})
     return got
 
 
 # --- what is missing ------------------------------------------------------------------------------------
 def missing_data(needs: dict, root_of) -> list[str]:
-    """`needs`: {(dataset, split)}; the check of each, first line and its fix, for those that fail."""
+    """`needs`: {(dataset, split)}; the check of each, first line and its fix, for those that fail or that
+    hold fewer images than their release (refused by tga_zsr.py without --allow_partial)."""
     problems = []
     for name, split in needs:
         try:
-            datasets.check_dataset(name, root_of(name), split, decode=0)
+            info = datasets.check_dataset(name, root_of(name), split, decode=0)
+            if info["partial"]:
+                problems.append(f"{name} ({split}): {info['partial']} in {info['path']}: refused without "
+                                f"--allow_partial (after --), marked partial everywhere with it")
         except datasets.DatasetError as e:
             lines = str(e).splitlines()
             fix = next((x.strip() for x in lines if x.strip().startswith("how to fix")), "")
