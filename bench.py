@@ -59,7 +59,7 @@ from doctor import estimate_hours, peak_tflops
 from engine.device import autocast, forward_flops, make_scaler, resolve_device, resolve_precision, seed_everything
 from engine.evaluate import attack_batch
 from engine.model import build_model, load_clip
-from engine.settings import Settings, parse_args
+from engine.settings import DefaultsShown, Settings, parse_args
 from engine.train import Trainer, build_method, build_optimizer, trainable_parameters
 from methods import TrainingSetup, available_methods
 
@@ -313,7 +313,7 @@ def measure_cost(argv: list[str], batches: int = 5, warmup: int = 1) -> dict:
 
 
 def cost_main(argv: list[str]) -> int:
-    pre = argparse.ArgumentParser("bench.py --cost: Table 8 for one run of tga_zsr.py flags")
+    pre = argparse.ArgumentParser("bench.py --cost: Table 8 for one run of tga_zsr.py flags", allow_abbrev=False)
     pre.add_argument("--cost", action="store_true")
     pre.add_argument("--json", default=None, help="append the measurement as a JSON line to this file")
     pre.add_argument("--cost_batches", type=int, default=5, help="training batches measured (after the warm-up)")
@@ -379,25 +379,26 @@ def starts_bench(args, device) -> dict:
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The benchmark's flags (`--cost` takes tga_zsr.py's flags instead: see cost_main)."""
-    p = argparse.ArgumentParser("TGA-ZSR speed benchmark")
+    p = argparse.ArgumentParser("bench.py", description="TGA-ZSR speed benchmark", formatter_class=DefaultsShown,
+                                allow_abbrev=False)
     p.add_argument("--per_method", action="store_true", help="seconds per training step of every method")
     p.add_argument("--loader", action="store_true", help="ms per TinyImageNet image: JPEG loader vs decoded cache")
     p.add_argument("--starts", action="store_true", help="ms per batch of the evaluation's per-sample PGD starts")
     p.add_argument("--methods", nargs="+", default=[m for m in available_methods() if m != "clip"],
                    help="--per_method: which methods")
     p.add_argument("--steps", type=int, default=2, help="--per_method: timed steps per method (after a warm-up)")
-    p.add_argument("--arch", default="ViT-B-32")
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--classes", type=int, nargs="+", default=[25, 200])
-    p.add_argument("--method", default="tga_zsr")
+    p.add_argument("--arch", default="ViT-B-32", help="open_clip architecture (random weights: speed only)")
+    p.add_argument("--batch_size", type=int, default=16, help="training and test batch timed")
+    p.add_argument("--classes", type=int, nargs="+", default=[25, 200], help="class counts of the text features")
+    p.add_argument("--method", default="tga_zsr", help="method whose training step is timed")
     p.add_argument("--train_numsteps", type=int, default=2, help="K, the attack steps of training")
     p.add_argument("--pgd_steps", type=int, default=3, help="attack steps timed for the PGD-step figure")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "amp", "bf16"])
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "amp", "bf16"], help="autocast of the timed steps")
     p.add_argument("--compile", action="store_true", help="torch.compile the image tower")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions of each measurement")
+    p.add_argument("--warmup", type=int, default=1, help="untimed repetitions before them")
     p.add_argument("--peak_tflops", type=float, default=None,
                    help="device peak for the MFU (default: known GPUs, doctor.PEAK_TFLOPS; none on a CPU)")
     p.add_argument("--json", default=None, help="append the JSON line to this file")

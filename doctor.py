@@ -52,7 +52,7 @@ from datasets.catalog import expected_count
 from datasets.pil_resize import PilResizeCenterCrop
 from engine.device import autocast, compile_module, make_scaler, resolve_device
 from engine.train import build_method
-from engine.settings import Settings, parse_args
+from engine.settings import DefaultsShown, Settings, parse_args
 from engine.train import build_optimizer, trainable_parameters
 
 ROOT = Path(__file__).resolve().parent
@@ -432,7 +432,8 @@ def estimate(r: Report, speed: dict) -> dict:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("doctor: what a GPU run of this project would meet, checked in minutes")
+    p = argparse.ArgumentParser("doctor.py", description="what a GPU run of this project would meet, checked in "
+                                "minutes", formatter_class=DefaultsShown, allow_abbrev=False)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--ddp_procs", type=int, default=None, help="processes of the DDP check (default: visible GPUs)")
     p.add_argument("--peak_tflops", type=float, default=None, help="device peak for the MFU (default: known GPUs)")

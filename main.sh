@@ -99,7 +99,7 @@ case "$job" in
     "$PY" tga_zsr.py -c configs/smoke.yaml --device cpu "$@" --Method CLIP --epochs 0 \
       --output_dir "$run_dir" --name clip_start
     "$PY" visualize.py --resume "$run_dir" --trade_off "$run_dir/clip_start" "$run_dir" --out "$run_dir" \
-      --n_images 3 --dpi 80 --png_colors 160 --device cpu
+      --n_images 3 --device cpu
     ;;
   smoke-all|mini)
     # smoke-all: every method on the smoke setup; mini: the mini benchmark (configs/mini.yaml, docs:

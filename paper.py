@@ -8,12 +8,13 @@ submitit with `--submitit slurm`), and prints the tables from whatever has finis
 CSV and LaTeX in `<out>/tables/`, each cell "ours (paper, Δ)", pending cells marked.
 
     python paper.py --list                          # every table: what it varies, runs, data, mini form
-    python paper.py T7 --plan                       # runs / evaluations needed, done, to do; hours; missing data
-    python paper.py T7 --dry_run                    # the tga_zsr.py commands of what remains
+    python paper.py T7 --plan                       # runs / evaluations needed, done, to do; hours, disk; missing data
+    python paper.py T7 --dry_run                    # cost per table, then the tga_zsr.py commands of what remains
     python paper.py T7                              # run what remains, then print the tables (= bash main.sh paper T7)
     python paper.py T1 T3 T6 --gpus 0,1,2,3         # one run per GPU
     python paper.py T6 --mini --jobs 2              # two runs at once on the CPU, one thread each (2 cores)
-    python paper.py all --submitit slurm --slurm_partition gpu --no_wait   # job array; later: --table
+    python paper.py all --submitit slurm --slurm_partition gpu --no_wait   # job array (sbatch needed); later: --table
+    python paper.py all --submitit slurm --slurm_account proj --slurm_gres gpu:a100:1 --dry_run   # the sbatch line
     python paper.py T7 --table                      # print from whatever has finished
     python paper.py T7 --mini                       # the mini world on a CPU (= bash main.sh mini-paper T7)
     python paper.py T7 --mini --seeds 0 -- --max_steps 2 --n_samples 16   # after --: flags for every tga_zsr.py call
@@ -24,6 +25,7 @@ import argparse
 import os
 import queue
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -34,10 +36,11 @@ from pathlib import Path
 import tga_zsr
 from methods import MINI_LR_FACTOR
 from reports.paper_runs import (Run, add_evaluation, device_type, estimate, eval_status, flags_to_argv, make_run,
-                        missing_data, results_of, training_state)
+                        missing_data, results_of, table_costs, training_state)
 from reports.paper_tables import (DeclarationError, build_view, directions, has_mini, load_declaration, load_paper_numbers,
                           load_protocols, table_ids, trade_off_figure, view_evals, write_outputs)
 from reports.tables import group_title
+from engine.settings import DefaultsShown
 from engine.results import read_jsonl
 
 ROOT = Path(__file__).resolve().parent
@@ -116,7 +119,26 @@ def status(plan: Plan, dev_type: str) -> dict:
     return st
 
 
-def print_plan(plan: Plan, st: dict, root_of) -> None:
+def plan_gpus(opts) -> int:
+    """The N of "wall clock on N GPUs": --plan_gpus, else the GPUs / jobs / array slots this command would
+    use (--gpus, --jobs, --submitit slurm --parallel), else a node of 8."""
+    if opts.plan_gpus:
+        return opts.plan_gpus
+    if opts.gpus:
+        return len(opts.gpus.split(","))
+    if opts.submitit == "slurm":
+        return opts.parallel
+    return opts.jobs if opts.jobs > 1 else 8
+
+
+def cost_lines(plan: Plan, st: dict, opts) -> list[str]:
+    unit = "CPU job" if plan.protocol == "mini" else "GPU"
+    return ["Cost per table (runs, wall clock of what remains, disk when done):"] + \
+        table_costs(plan.runs, st, [d["id"] for d in plan.decls], plan.out, plan_gpus(opts), opts.img_per_s, unit,
+                    paper_speed=plan.protocol != "mini")
+
+
+def print_plan(plan: Plan, st: dict, root_of, opts) -> None:
     print(f"# Plan: {', '.join(d['id'] for d in plan.decls) or '-'} ({plan.protocol} protocol) -> {plan.out}")
     for tid, why in plan.skipped.items():
         print(f"  {tid}: no mini form ({why})")
@@ -137,6 +159,7 @@ def print_plan(plan: Plan, st: dict, root_of) -> None:
               f"{sum(st['costs'].values())} done")
     print("Estimated time of what remains:")
     print("\n".join(estimate(plan.runs, st, plan.out)))
+    print("\n".join(cost_lines(plan, st, opts)))
     needs = set()
     for key, run in plan.runs.items():
         if st["runs"][key]["train"][0] in ("todo", "partial"):
@@ -274,20 +297,82 @@ def in_parallel(keys: list[str], opts) -> list[str]:
     return failed
 
 
-def with_submitit(keys: list[str], opts) -> list[str]:
-    """A job array (SLURM) or local processes (`--submitit local`, for tests) through submitit."""
+JOB_NAME = "tga_zsr_paper"
+SLURM_OPTIONS = ("partition", "account", "qos", "mem", "gres", "constraint")  # --slurm_<name>, as sbatch names them
+
+
+def check_submitit(opts) -> None:
+    """`--submitit slurm` means SLURM: without `sbatch` on PATH it is refused, never run here instead
+    (submitit's AutoExecutor falls back to local processes when it finds no cluster); the --slurm_*
+    options are refused without it (they would be ignored)."""
+    given = [f"--slurm_{k}" for k in SLURM_OPTIONS + ("additional",) if vars(opts)[f"slurm_{k}"]]
+    if given and opts.submitit != "slurm":
+        raise SystemExit(f"{', '.join(given)}: SLURM options, for --submitit slurm only (they would be ignored)")
+    if opts.submitit == "slurm" and shutil.which("sbatch") is None:
+        raise SystemExit("--submitit slurm: sbatch is not on PATH, so this machine cannot submit SLURM jobs. "
+                         "Run paper.py on a login node of the cluster (`which sbatch` finds it there; some clusters "
+                         "need `module load slurm`). To run the jobs as processes on this machine instead, say so: "
+                         "--submitit local, or --gpus 0,1,...")
+
+
+def slurm_additional(items: list[str]) -> dict:
+    """`--slurm_additional KEY=VALUE ... FLAG`: sbatch options submitit has no parameter for (a bare name is
+    a flag, e.g. `exclusive`)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not key:
+            raise SystemExit(f"--slurm_additional {item!r}: give sbatch options as NAME=VALUE or NAME")
+        out[key] = value if sep else True
+    return out
+
+
+def slurm_parameters(opts) -> dict:
+    """The sbatch parameters of every job, in submitit's SlurmExecutor names: one GPU per job (or the
+    --slurm_gres given), --cpus, --time_min, --parallel jobs of the array at once, the --slurm_* options."""
+    params = {"job_name": JOB_NAME, "time": opts.time_min, "cpus_per_task": opts.cpus,
+              "array_parallelism": opts.parallel}
+    if not opts.slurm_gres:
+        params["gpus_per_node"] = 1
+    params.update({k: vars(opts)[f"slurm_{k}"] for k in SLURM_OPTIONS if vars(opts)[f"slurm_{k}"]})
+    if opts.slurm_additional:
+        params["additional_parameters"] = slurm_additional(opts.slurm_additional)
+    return params
+
+
+def submitit_module():
     try:
-        import submitit  # optional dependency
+        import submitit  # optional dependency: only --submitit needs it
     except ImportError:
         raise SystemExit("--submitit needs the submitit package: pip install submitit")
+    return submitit
+
+
+def sbatch_line(opts, n_jobs: int) -> str:
+    """The sbatch command of the job array, with the options submitit writes into its job file (rendered by
+    submitit itself, so that the line is the one a job gets)."""
+    folder = opts.out_resolved / "submitit"
+    text = submitit_module().slurm.slurm._make_sbatch_string(command="true", folder=folder, map_count=n_jobs,
+                                                             **slurm_parameters(opts))
+    flags = [line[len("#SBATCH "):] for line in text.splitlines() if line.startswith("#SBATCH ")]
+    return "sbatch " + " ".join(flags) + f" JOB_FILE  # JOB_FILE: the script submitit writes in {folder}"
+
+
+def with_submitit(keys: list[str], opts) -> list[str]:
+    """A SLURM job array (`--submitit slurm`) or local processes (`--submitit local`) through submitit."""
+    submitit = submitit_module()
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    ex = submitit.AutoExecutor(folder=str(opts.out_resolved / "submitit"),
-                               cluster="local" if opts.submitit == "local" else None)
-    params = {"timeout_min": opts.time_min, "name": "tga_zsr_paper"}
-    if opts.submitit == "slurm":
-        params.update(gpus_per_node=1, cpus_per_task=opts.cpus, slurm_array_parallelism=opts.parallel,
-                      **({"slurm_partition": opts.slurm_partition} if opts.slurm_partition else {}))
-    ex.update_parameters(**params)
+    folder = str(opts.out_resolved / "submitit")
+    if opts.submitit == "slurm":  # SLURM itself, never AutoExecutor's guess
+        try:
+            ex = submitit.SlurmExecutor(folder=folder)
+        except RuntimeError as e:  # e.g. srun missing beside sbatch
+            raise SystemExit(f"--submitit slurm: {e}")
+        ex.update_parameters(**slurm_parameters(opts))
+    else:
+        ex = submitit.AutoExecutor(folder=folder, cluster="local")
+        ex.update_parameters(timeout_min=opts.time_min, name=JOB_NAME)
     with ex.batch():
         jobs = [ex.submit(SubmititRun(child_argv(opts, k, opts.device))) for k in keys]
     print(f"[paper] submitted {len(jobs)} job(s): {', '.join(str(j.job_id) for j in jobs)} "
@@ -343,8 +428,9 @@ def print_tables(plan: Plan, dev_type: str) -> list[Path]:
 
 # --- command line -------------------------------------------------------------------------------------------
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("every table of the paper, beside the paper's numbers",
-                                epilog="flags after -- go to every tga_zsr.py command of the tables")
+    p = argparse.ArgumentParser("paper.py", description="every table of the paper, beside the paper's numbers",
+                                epilog="flags after -- go to every tga_zsr.py command of the tables",
+                                formatter_class=DefaultsShown, allow_abbrev=False)
     p.add_argument("tables", nargs="*", help="table ids (T1 T3 T4 T5 T6 T7 T8 T9 T11 T13 T14 T18 T20 CT) or all")
     p.add_argument("--list", action="store_true", help="every table: what it varies, its runs and data, its mini form")
     p.add_argument("--mini", action="store_true", help="the mini world on a CPU (bash main.sh mini-paper)")
@@ -358,12 +444,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1,
                    help="on the CPU: this many independent runs at once, the cores shared out as their threads")
     p.add_argument("--submitit", choices=["slurm", "local"], default=None,
-                   help="submit each run as a submitit job (SLURM job array; 'local' runs them as local processes)")
-    p.add_argument("--slurm_partition", default=None)
+                   help="submit each run as a submitit job: 'slurm' a SLURM job array (refused where sbatch is "
+                        "not on PATH), 'local' processes on this machine")
     p.add_argument("--time_min", type=int, default=24 * 60, help="submitit: time limit per job (minutes)")
     p.add_argument("--cpus", type=int, default=8, help="submitit: CPUs per job")
     p.add_argument("--parallel", type=int, default=16, help="submitit: jobs of the array running at once")
+    g = p.add_argument_group("SLURM (--submitit slurm; --dry_run prints the sbatch line)")
+    g.add_argument("--slurm_partition", default=None, help="sbatch --partition")
+    g.add_argument("--slurm_account", default=None, help="sbatch --account (the project the hours are billed to)")
+    g.add_argument("--slurm_qos", default=None, help="sbatch --qos (quality of service)")
+    g.add_argument("--slurm_mem", default=None, help="sbatch --mem: memory per node, e.g. 64G")
+    g.add_argument("--slurm_gres", default=None,
+                   help="sbatch --gres, e.g. gpu:a100:1 (in place of the default one GPU per job, --gpus-per-node=1)")
+    g.add_argument("--slurm_constraint", default=None, help="sbatch --constraint, e.g. a100")
+    g.add_argument("--slurm_additional", nargs="+", default=None, metavar="NAME=VALUE",
+                   help="any other sbatch option, e.g. reservation=week exclusive (a bare NAME is a flag)")
     p.add_argument("--no_wait", action="store_true", help="submitit: submit and return (print later with --table)")
+    g = p.add_argument_group("Cost of a plan (--plan, --dry_run)")
+    g.add_argument("--plan_gpus", type=int, default=None, metavar="N",
+                   help="the wall clock is given on 1 and on N GPUs (default: the count of --gpus, --jobs or "
+                        "--parallel with --submitit slurm, else 8)")
+    g.add_argument("--img_per_s", type=float, default=None,
+                   help="the speed to project with: TGA-ZSR training images/s of one GPU (bash main.sh doctor "
+                        "measures it); default: the speed of earlier runs under --out, else the paper's RTX 3090")
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one run key: the jobs of --gpus/--jobs/--submitit
     return p
 
@@ -394,6 +497,7 @@ def main(argv=None) -> int:
     argv = argv[:argv.index("--")] if "--" in argv else argv
     opts = get_args_parser().parse_args(argv)
     opts.extra = extra
+    check_submitit(opts)
     try:
         if opts.list:
             print_list()
@@ -412,11 +516,15 @@ def main(argv=None) -> int:
     st = status(plan, dev_type)
     root_of = (lambda name: next((r.settings.train.root for r in plan.runs.values()), "./data"))
     if opts.plan:
-        print_plan(plan, st, root_of)
+        print_plan(plan, st, root_of, opts)
         return 0
     pending = [k for k, r in st["runs"].items() if r["train"][0] in ("todo", "partial")
                or any(e[1] for e in r["evals"].values())] + [k for k, done in st["costs"].items() if not done]
     if opts.dry_run:
+        print("\n".join(f"# {line}" for line in cost_lines(plan, st, opts)))
+        if opts.submitit == "slurm" and pending:
+            print(f"# one SLURM job array of {len(pending)} job(s) (each is a '# job:' line below), submitted as:")
+            print(sbatch_line(opts, len(pending)))
         for k in pending:
             if opts.gpus or opts.submitit or opts.jobs > 1:
                 print(f"# job: python paper.py {shlex.join(child_argv(opts, k, opts.device))}")

@@ -54,7 +54,8 @@ BUNDLED_MENTION = "shape=0.9,position=0.9,size=0.6,texture=0.6,colour=0.4,backgr
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                allow_abbrev=False)
     g = p.add_argument_group("Schedule")
     g.add_argument("--steps", type=int, default=2000, help="optimiser steps (one fresh batch each)")
     g.add_argument("--batch_size", type=int, default=128, help="images (and captions) per step")

@@ -18,6 +18,7 @@ import sys
 
 from datasets.catalog import TABLE_ORDER
 from engine.run_folder import setup_logging
+from engine.settings import DefaultsShown
 from methods import method_label
 from reports.export import export_run
 from reports.model_card import leaderboard_main
@@ -25,14 +26,16 @@ from reports.tables import print_table
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("report.py", description="tables, leaderboard and export of evaluated runs")
+    p = argparse.ArgumentParser("report.py", description="tables, leaderboard and export of evaluated runs",
+                                formatter_class=DefaultsShown, allow_abbrev=False)
     jobs = p.add_subparsers(dest="job", required=True, metavar="{table,leaderboard,export}")
-    t = jobs.add_parser("table", help="the challenge table of runs (Markdown + CSV)")
+    sub = {"formatter_class": DefaultsShown, "allow_abbrev": False}  # each job's parser is a parser of its own
+    t = jobs.add_parser("table", help="the challenge table of runs (Markdown + CSV)", **sub)
     t.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or their results.jsonl files)")
     t.add_argument("--out", default=None, help="CSV path (default: <first run>/table.csv)")
-    b = jobs.add_parser("leaderboard", help="rank the model cards (model_card.json) found in these folders")
-    b.add_argument("folders", nargs="+", metavar="DIR")
-    e = jobs.add_parser("export", help="write a run's model as a full open_clip CLIP")
+    b = jobs.add_parser("leaderboard", help="rank the model cards (model_card.json) found in these folders", **sub)
+    b.add_argument("folders", nargs="+", metavar="DIR", help="folders searched for model_card.json (or card files)")
+    e = jobs.add_parser("export", help="write a run's model as a full open_clip CLIP", **sub)
     e.add_argument("run", metavar="RUN", help="run folder or checkpoint file")
     e.add_argument("--format", default="open_clip", choices=["open_clip", "hf_hub"],
                    help="one open_clip .pt file, or a hub folder (open_clip_config.json + safetensors)")

@@ -23,7 +23,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 import datasets
 from engine import distributed
-from engine.checkpoint import CHECKPOINT_NAME, checkpoint_id, load_file, pretrained_id
+from engine.checkpoint import CHECKPOINT_NAME, checkpoint_id, load_file, pretrained_id, stopped_at, training_status
 from engine.device import compile_module, log_recompiles, resolve_precision, seed_everything, set_tf32
 from engine.evaluate import evaluate_run, with_decoded_cache
 from engine.model import build_model, install_prompts, is_weights_folder, load_clip  # noqa: F401  (load_clip: API)
@@ -44,10 +44,12 @@ MOVED = {"--table": "python report.py table RUN [RUN ...]", "--leaderboard": "py
          "--export": "python report.py export RUN [--format hf_hub]", "--visualize": "python visualize.py ..."}
 
 
-def check_datasets(s: Settings, train: bool) -> None:
-    """Fail before training, not after ten epochs: every requested dataset must be in place."""
+def check_datasets(s: Settings, train: bool) -> dict[tuple[str, str], str]:
+    """Fail before training, not after ten epochs: every requested dataset must be in place, and whole:
+    a split with fewer images than its official release is refused unless --allow_partial, which makes
+    it {(dataset, split): 'partial (found / expected)'}, the mark its results carry."""
     names = ([s.train.dataset] if train else []) + ([] if s.run.no_eval else list(s.eval.testdata))
-    problems = []
+    problems, partial = [], {}
     for i, name in enumerate(names):
         split = "train" if (train and i == 0) else "test"
         try:
@@ -63,8 +65,19 @@ def check_datasets(s: Settings, train: bool) -> None:
         if split == "test" and n > info["count"]:
             problems.append(f"- {name} ({split}): --n_samples {n} is more than its {info['count']} "
                             f"images; use at most {info['count']}, or 0 for all of them")
+        if info["partial"]:
+            partial[(info["name"], split)] = info["partial"]
+            if not s.run.allow_partial:
+                problems.append(
+                    f"- {name} ({split}): {info['partial']} in {info['path']}: fewer images than its official "
+                    f"release (found / expected). Complete it (python -m datasets.prepare --root {s.train.root} "
+                    f"--verify {info['name']} says what it holds), or pass --allow_partial to use the images "
+                    f"present, marked '{info['partial']}' in every result")
     if problems:
         raise SystemExit("dataset check failed before training:\n" + "\n".join(problems))
+    for (name, split), label in partial.items():
+        log.warning(f"{name} ({split}): {label} (--allow_partial): its results are marked so")
+    return partial
 
 
 def eval_method(s: Settings, obj, ckpt) -> str:
@@ -102,9 +115,10 @@ def loss_curve_callback(run_dir: Path):
 
 
 def train(s: Settings, model, run_dir: Path, resume_ckpt, dist_info, precision: str,
-          stop: StopSignals) -> tuple[str | None, int]:
+          stop: StopSignals) -> tuple[str | None, int, str | None]:
     """Fine-tune `model` in place with the method of `s`; returns (the checkpoint's description,
-    exit code): (None, code) when training stopped early (a non-finite loss, a signal, a fault)."""
+    exit code, 'stopped at step N of M' when --max_steps ended it before its schedule): (None, code, None)
+    when training stopped early (a non-finite loss, a signal, a fault)."""
     t = s.train
     train_data = datasets.get_dataset(t.dataset, t.root, "train")
     if t.decoded_cache:
@@ -136,15 +150,19 @@ def train(s: Settings, model, run_dir: Path, resume_ckpt, dist_info, precision: 
             trainer.fit()
     except NonFiniteLoss as e:
         log.error(str(e))
-        return None, 2
+        return None, 2, None
     except RunStopped as e:
         log.error(str(e))
-        return None, e.code
+        return None, e.code, None
     if stop.received:  # arrived during the last step: the final checkpoint is on disk
         log.error(f"{stop.name}: training finished (step {trainer.step}); evaluation not started. "
                   f"Evaluate with: python tga_zsr.py --resume {run_dir}")
-        return None, stop.exit_code
-    return f"{CHECKPOINT_NAME}@step{trainer.step}", 0
+        return None, stop.exit_code, None
+    stopped = stopped_at(trainer.step, trainer.total_steps)
+    if stopped:
+        log.warning(f"{stopped} (--max_steps): its results and model card say so; the same command with "
+                    f"--resume {run_dir} and no --max_steps finishes the schedule")
+    return f"{CHECKPOINT_NAME}@step{trainer.step}", 0, stopped
 
 
 def run(args, dist_info: distributed.DistInfo, stop: StopSignals) -> int:
@@ -162,7 +180,7 @@ def run(args, dist_info: distributed.DistInfo, stop: StopSignals) -> int:
     with RunLock(run_dir, hold=dist_info.main) as lock:
         if not s.run.resume and not s.run.eval_only:
             refuse_to_overwrite(run_dir)
-        check_datasets(s, training)
+        partial = check_datasets(s, training)
         obj = load_file(resume_ckpt, "--resume") if resume_ckpt is not None else None
         if training and obj is not None:
             check_resume(s.values, obj, resume_ckpt)
@@ -178,17 +196,18 @@ def run(args, dist_info: distributed.DistInfo, stop: StopSignals) -> int:
         seed_everything(s.train.seed)
         model = build_model(s.model, device)
 
-        checkpoint_desc, method = pretrained_id(s.model.pretrained), s.method.name
+        checkpoint_desc, method, stopped = pretrained_id(s.model.pretrained), s.method.name, None
         if obj is not None:
             install_prompts(model, s.model)  # the prompts must exist before they are loaded
             fmt = load_visual_weights(model, resume_ckpt, obj)
             checkpoint_desc, method = checkpoint_id(resume_ckpt, obj), eval_method(s, obj, resume_ckpt)
+            stopped = training_status(obj)
             log.info(f"loaded {resume_ckpt} ({fmt}) as {checkpoint_desc}")
         elif s.run.eval_only:
             method = eval_method(s, None, None)
         lock.started = True  # from here on the folder holds work: a failure keeps it
         if training:
-            checkpoint_desc, code = train(s, model, run_dir, resume_ckpt, dist_info, precision, stop)
+            checkpoint_desc, code, stopped = train(s, model, run_dir, resume_ckpt, dist_info, precision, stop)
             if checkpoint_desc is None:
                 return code
 
@@ -197,15 +216,19 @@ def run(args, dist_info: distributed.DistInfo, stop: StopSignals) -> int:
                 compile_module(model.image_tower)
             label = method_label(method)
             try:
-                evaluate_run(s.eval, model, run_dir, checkpoint_desc, device, precision, method, label)
+                evaluate_run(s.eval, model, run_dir, checkpoint_desc, device, precision, method, label,
+                             stopped=stopped, partial={n: p for (n, split), p in partial.items() if split == "test"})
             except datasets.CorruptImage as e:
                 again = f"python tga_zsr.py --resume {run_dir}" if training else "the same command"
                 raise SystemExit(f"{e}\nThe datasets evaluated before it are in {run_dir / 'results.jsonl'}; "
                                  f"{again} evaluates the rest.") from None
             if dist_info.main:
                 weights = run_dir / CHECKPOINT_NAME if training else resume_ckpt
-                card = write_card(run_dir, checkpoint_desc,
-                                  model_description(s.values, model, weights, method, label, run_dir), environment())
+                desc = model_description(s.values, model, weights, method, label, run_dir)
+                train_set = (datasets.canonical_name(s.train.dataset), "train")
+                if training and train_set in partial:  # known to the process that trained
+                    desc.setdefault("training", {})["data"] = f"{train_set[0]} train: {partial[train_set]}"
+                card = write_card(run_dir, checkpoint_desc, desc, environment())
                 log.info(f"model card -> {card}")
     return 0
 

@@ -41,14 +41,17 @@ from engine.model import build_model
 from engine.device import resolve_device, seed_everything
 from engine.evaluate import attack_batch
 from methods import method_label
-from engine.settings import Settings, parse_args
-from reports.plots import STYLE, make_trade_off, plot_loss_curve, pyplot, save_figure
+from engine.settings import DefaultsShown, Settings, parse_args
+from reports.plots import COLUMN_IN, MIN_FONT_PT, STYLE, make_trade_off, plot_loss_curve, pyplot, save_figure, wrapped
 
 log = logging.getLogger("tga_zsr")
 
-GRID_COLUMNS = ("clean image", "adversarial image", "original, clean", "original, adversarial",
-                "fine-tuned, adversarial")
-PANEL_IN, COLORBAR_IN = 2.2, 0.9          # attention grid: inches per panel, extra width for the bar
+# Two-line column titles: five panels share the column width.
+GRID_COLUMNS = ("clean\nimage", "adversarial\nimage", "original,\nclean", "original,\nadversarial",
+                "fine-tuned,\nadversarial")
+COLORBAR_IN = 0.6                          # attention grid: the colour bar's width, inches
+PANEL_IN = (COLUMN_IN - COLORBAR_IN) / len(GRID_COLUMNS)  # each image panel, so that the grid is a column wide
+CAPTION_IN = 0.3                           # two lines of 7 pt caption under each panel
 OVERLAY_ALPHA = 0.5
 MAP_CMAP = "jet"
 
@@ -121,8 +124,9 @@ def attention_rows(original, finetuned, data, indices: list[int], settings: dict
 
 
 def attention_grid_size(n_images: int) -> tuple[float, float]:
-    """Figure size in inches: five panels per row plus the colour bar, one row per image."""
-    return len(GRID_COLUMNS) * PANEL_IN + COLORBAR_IN, n_images * (PANEL_IN + 0.35) + 0.45
+    """Figure size in inches: five panels per row plus the colour bar (the column width), one row per
+    image, the column titles and the figure's title above."""
+    return len(GRID_COLUMNS) * PANEL_IN + COLORBAR_IN, n_images * (PANEL_IN + CAPTION_IN) + 0.75
 
 
 def _image(t: torch.Tensor):
@@ -150,14 +154,17 @@ def draw_attention_grid(rows: dict, classnames: list[str], eps255: float, steps:
         def name(c):
             return classnames[int(c)]
 
+        def fit(text):  # a class name may be long: lines that fit under a narrow panel
+            return wrapped(text, PANEL_IN, MIN_FONT_PT)
+
         def verdict(pred, y):
-            return f"pred: {name(pred)} " + ("✓" if int(pred) == int(y) else "✗")
+            return fit(f"pred: {name(pred)} " + ("✓" if int(pred) == int(y) else "✗"))
 
         for r in range(n):
             y = rows["label"][r]
             img, adv = rows["image"][r], rows["adv"][r]
-            panels = [(_image(img), f"true: {name(y)}"),
-                      (_image(adv), f"PGD-{steps} ε={eps255:g}/255"),
+            panels = [(_image(img), fit(f"true: {name(y)}")),
+                      (_image(adv), fit(f"PGD-{steps} ε={eps255:g}/255")),
                       (_overlay(img, rows["map_orig_clean"][r], cmap), verdict(rows["pred_orig_clean"][r], y)),
                       (_overlay(rows["adv_orig"][r], rows["map_orig_adv"][r], cmap),
                        verdict(rows["pred_orig_adv"][r], y)),
@@ -167,15 +174,15 @@ def draw_attention_grid(rows: dict, classnames: list[str], eps255: float, steps:
                 ax.imshow(picture, interpolation="nearest")
                 ax.set_xticks([])
                 ax.set_yticks([])
-                ax.set_xlabel(caption, labelpad=3)
+                ax.set_xlabel(caption, labelpad=2, fontsize=MIN_FONT_PT)
                 if r == 0:
                     ax.set_title(GRID_COLUMNS[c] if not (attack_original and c == 3)
-                                 else "original, own PGD", fontweight="bold")
+                                 else "original,\nown PGD", fontweight="bold")
             inset = axes[r, 1].inset_axes([0.6, 0.6, 0.38, 0.38])
             inset.imshow(_image(0.5 + gain * rows["delta"][r]), interpolation="nearest")
             inset.set_xticks([])
             inset.set_yticks([])
-            inset.text(0.5, 0.04, f"δ ×{gain:.0f}", transform=inset.transAxes, fontsize=8, color="white",
+            inset.text(0.5, 0.04, f"δ ×{gain:.0f}", transform=inset.transAxes, fontsize=MIN_FONT_PT, color="white",
                        ha="center", va="bottom", bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0})
             for side in inset.spines.values():
                 side.set_edgecolor("white")
@@ -183,9 +190,9 @@ def draw_attention_grid(rows: dict, classnames: list[str], eps255: float, steps:
         from matplotlib.colors import Normalize
         bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=axes[:, 2:].ravel().tolist(),
                            shrink=0.8, aspect=30, pad=0.02)
-        bar.set_label("text-guided attention (min-max per image)")
+        bar.set_label("attention (min-max)")
         if title:
-            fig.suptitle(title)
+            fig.suptitle(wrapped(title, fig.get_figwidth(), STYLE["figure.titlesize"]))
     return fig
 
 
@@ -193,7 +200,7 @@ def make_attention_grid(resume: str, dataset: str | None = None, root: str | Non
                         n_images: int = 4, image_seed: int = 0, eps: float | None = None, steps: int | None = None,
                         step_size: float | None = None, norm: str | None = None, arch: str | None = None,
                         pretrained: str | None = None, device: str = "auto", out: str | None = None,
-                        dpi: int = 150, attack_original: bool = False, png_colors: int = 0) -> list[Path]:
+                        dpi: int = 150, attack_original: bool = False) -> list[Path]:
     """Build both models from the run, attack, draw and save `attention_grid.png/.pdf`."""
     s = run_settings(resume, {"arch": arch, "pretrained": pretrained, "root": root, "test_eps": eps,
                               "test_numsteps": steps, "test_stepsize": step_size, "norm": norm})
@@ -214,14 +221,15 @@ def make_attention_grid(resume: str, dataset: str | None = None, root: str | Non
     title = f"{data.name}: original model ({start}) vs fine-tuned {run_label}"
     fig = draw_attention_grid(rows, data.classnames, eps, e.test_numsteps, title, attack_original)
     out_dir = Path(out) if out else ckpt.parent
-    paths = save_figure(fig, out_dir, "attention_grid", dpi, png_colors=png_colors)
+    paths = save_figure(fig, out_dir, "attention_grid", dpi)
     log.info(f"attention grid of {len(indices)} {data.name} images -> {paths[0]}")
     return paths
 
 
 # --- command line ------------------------------------------------------------------------------
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("TGA-ZSR figures: attention grid, trade-off plot, loss curve")
+    p = argparse.ArgumentParser("visualize.py", description="TGA-ZSR figures: attention grid, trade-off plot, "
+                                "loss curve", formatter_class=DefaultsShown, allow_abbrev=False)
     g = p.add_argument_group("Attention grid (needs --resume)")
     g.add_argument("--resume", default=None, metavar="RUN_OR_FILE",
                    help="fine-tuned run folder or checkpoint file: draws attention_grid.png/.pdf")
@@ -248,9 +256,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--loss_curve", default=None, metavar="RUN", help="redraw RUN/loss_curve.png from history.jsonl")
     g = p.add_argument_group("Output")
     g.add_argument("--out", default=None, help="output folder (default: the run folder)")
-    g.add_argument("--dpi", type=int, default=150, help="PNG resolution")
-    g.add_argument("--png_colors", type=int, default=0,
-                   help="store PNGs with a dithered palette of N colours (0: full colour); for small files")
+    g.add_argument("--dpi", type=int, default=150,
+                   help="PNG resolution (the figures are drawn at their print size, at most a column wide)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     return p
 
@@ -267,13 +274,13 @@ def main(argv=None) -> int:
         log.setLevel(logging.INFO)
         log.propagate = False
     if args.loss_curve:
-        log.info(f"loss curve -> {plot_loss_curve(args.loss_curve, args.out, args.dpi, args.png_colors)}")
+        log.info(f"loss curve -> {plot_loss_curve(args.loss_curve, args.out, args.dpi)}")
     if args.trade_off:
-        make_trade_off(args.trade_off, args.out, args.eps, args.dpi, args.png_colors, method_label)
+        make_trade_off(args.trade_off, args.out, args.eps, args.dpi, method_label)
     if args.resume:
         make_attention_grid(args.resume, args.dataset, args.root, args.split, args.n_images, args.image_seed,
                             args.eps, args.steps, args.step_size, args.norm, args.arch, args.pretrained,
-                            args.device, args.out, args.dpi, args.attack_original, args.png_colors)
+                            args.device, args.out, args.dpi, args.attack_original)
     return 0
 
 

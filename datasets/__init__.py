@@ -10,6 +10,7 @@ expected there and the command that prepares it. `root` is a folder or a dict
 Public API:
     get_dataset(name, root="./data", split="test", transform=None) -> ZeroShotData
     check_dataset(name, root="./data", split=None, decode=1) -> dict   # call before training
+    partial_label(count, expected, ...) -> 'partial (30 / 27 000)' or None   # a split short of its release
     class_balanced_subset(data, n, seed) -> ZeroShotData              # --n_samples
     dataset_labels(torch_dataset) -> list[int]
     canonical_name(name), available(), clean_name(name), TEMPLATE, DatasetError
@@ -30,7 +31,7 @@ the package back: they import `datasets.registry`, `datasets.catalog`, ... direc
 from datasets import synthetic, world  # noqa: F401
 from datasets import tinyimagenet, imagenet, torchvision_sets  # noqa: F401
 from datasets import imagenet_shifts, subsets  # noqa: F401  (ImageNet-A/O/R, ImageNet100, tinyImageNet_split)
-from datasets.catalog import PAPER_SETS, TABLE_ORDER, TEST_DATASETS, DatasetError
+from datasets.catalog import PAPER_SETS, TABLE_ORDER, TEST_DATASETS, DatasetError, partial_label, thousands
 from datasets.common import default_workers, images_to, to_unit
 from datasets.decoded_cache import use_decoded_cache
 from datasets.labelled import CorruptImage, Indexed, class_balanced_subset, collate_indexed, dataset_labels
@@ -40,4 +41,4 @@ from datasets.registry import (TEMPLATE, ZeroShotData, available, canonical_name
 __all__ = ["get_dataset", "check_dataset", "class_balanced_subset", "dataset_labels", "canonical_name",
            "available", "clean_name", "TEMPLATE", "DatasetError", "ZeroShotData", "TEST_DATASETS", "TABLE_ORDER",
            "PAPER_SETS", "register", "Indexed", "to_unit", "images_to", "default_workers", "collate_indexed",
-           "CorruptImage", "use_decoded_cache"]
+           "CorruptImage", "use_decoded_cache", "partial_label", "thousands"]

@@ -171,6 +171,25 @@ def expected_count(canonical: str, split: str):
     return i.counts.get(split)
 
 
+def thousands(n: int) -> str:
+    """27000 -> '27 000' (the paper's own spacing of large numbers)."""
+    return f"{n:,}".replace(",", " ")
+
+
+def partial_label(count: int, expected: int | None, classes: int | None = None,
+                  expected_classes: int | None = None) -> str | None:
+    """'partial (30 / 27 000)' for a split with fewer images (or classes) than its official release, else
+    None: what tga_zsr.py refuses without --allow_partial, and what every result of such a split carries."""
+    short_images = expected is not None and count < expected
+    short_classes = expected_classes is not None and classes is not None and classes < expected_classes
+    if not (short_images or short_classes):
+        return None
+    text = f"{thousands(count)} / {thousands(expected)}" if expected is not None else f"{thousands(count)} images"
+    if short_classes:
+        text += f"; {classes} / {expected_classes} classes"
+    return f"partial ({text})"
+
+
 def prepare_hint(canonical: str, root: str) -> str:
     """The command or the manual steps that put `canonical` in place under `root`."""
     i = INFO[canonical]
@@ -180,12 +199,38 @@ def prepare_hint(canonical: str, root: str) -> str:
     return f"run: python -m datasets.prepare --root {root} --download {canonical}"
 
 
+def meant_root(canonical: str, root: str) -> tuple[str, str] | None:
+    """(the root meant, a note) when `root` ends like the dataset's own folder (`--root data/eurosat` for
+    `eurosat/2750`): the user gave the dataset's folder, not the folder that holds the datasets."""
+    want = INFO[canonical].folder.split("/")
+    given = os.path.normpath(str(root)).split(os.sep)
+    for k in range(min(len(want), len(given)), 0, -1):
+        if [p.lower() for p in given[-k:]] == [p.lower() for p in want[:k]]:
+            above = given[:-k]
+            parent = os.sep if above == [""] else (os.sep.join(above) or ".")
+            renamed = "" if given[-k:] == want[:k] else \
+                f" (and rename {os.sep.join(given[-k:])} to {os.sep.join(want[:k])}: names are case-sensitive)"
+            return parent, renamed
+    return None
+
+
 def missing(canonical: str, root: str, path: str, problem: str) -> DatasetError:
-    """A DatasetError that says what is wrong at `path`, what should be there, and how to fix it."""
+    """A DatasetError that says what is wrong at `path`, what should be there, and how to fix it; when
+    the dataset's folder is not under `root` at all, also what --root must be (the folder that holds
+    the datasets), and the root meant when the one given is the dataset's own folder."""
     i = INFO[canonical]
     folder = os.path.join(root, i.folder)
+    where, fix_root = "", root
+    if not os.path.isdir(folder):
+        where = (f"\n  --root is the folder that holds the datasets (given: {root}); {canonical} must be in its "
+                 f"subfolder {i.folder}")
+        meant = meant_root(canonical, root)
+        if meant:
+            fix_root = meant[0]
+            where += (f"\n  --root {root} looks like the {canonical} folder itself: give the folder above it, "
+                      f"--root {fix_root}{meant[1]}")
     return DatasetError(
         f"{canonical}: {problem}\n"
         f"  looked at: {path}\n"
-        f"  expected in {folder}: {i.layout}\n"
-        f"  how to fix: {prepare_hint(canonical, root)}")
+        f"  expected in {folder}: {i.layout}" + where + "\n"
+        f"  how to fix: {prepare_hint(canonical, fix_root)}")

@@ -166,9 +166,12 @@ def names_from(values) -> list[str]:
     return [canonical_name(v) for v in values]
 
 
+class PrepareHelp(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring's layout kept, each flag's default shown."""
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=PrepareHelp, allow_abbrev=False)
     p.add_argument("--root", default="./data", help="folder that holds (or will hold) all datasets")
     p.add_argument("--download", nargs="*", metavar="NAME", help="datasets to fetch ('all' or none = all 16)")
     p.add_argument("--verify", nargs="*", metavar="NAME", help="datasets to check (none = all 16)")

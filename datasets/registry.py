@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torchvision import transforms as T
 
-from datasets.catalog import INFO, DatasetError, expected_count
+from datasets.catalog import INFO, DatasetError, expected_count, partial_label
 from datasets.labelled import DECODE_ERRORS, CorruptImage, Unreadable, dataset_labels, sample_path
 
 TEMPLATE = "This is a photo of a {}"  # the paper's template: no final period
@@ -105,7 +105,8 @@ def get_dataset(name: str, root="./data", split: str = "test", transform=None) -
 def check_dataset(name: str, root="./data", split: str | None = None, decode: int = 1) -> dict:
     """Fast pre-flight check: layout and annotation files, sample count, labels in range, and
     `decode` images actually decoded. Raises DatasetError; returns a summary dict with
-    `complete` = whether count and class count match the full dataset."""
+    `complete` = whether count and class count match the full dataset, and `partial` = the label of a
+    split smaller than its official release ('partial (30 / 27 000)'), else None."""
     canon = canonical_name(name)
     path = resolve_root(root, canon)
     if split is None:
@@ -132,7 +133,8 @@ def check_dataset(name: str, root="./data", split: str | None = None, decode: in
     expected_c = INFO[canon].num_classes if canon in INFO else None
     return {"name": canon, "split": split, "path": data.root, "count": n, "num_classes": c,
             "expected_count": expected, "expected_classes": expected_c,
-            "complete": (expected is None or n == expected) and (expected_c is None or c == expected_c)}
+            "complete": (expected is None or n == expected) and (expected_c is None or c == expected_c),
+            "partial": partial_label(n, expected, c, expected_c)}
 
 
 _TINY_TRANSFORM = T.Compose([T.Resize((8, 8)), T.ToTensor()])  # a check only needs the decode to work

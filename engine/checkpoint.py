@@ -178,6 +178,23 @@ def checkpoint_id(path: str | Path, obj=None) -> str:
     return f"{path.name}#{file_digest(path)}"
 
 
+def stopped_at(step: int, total_steps: int | None) -> str | None:
+    """'stopped at step N of M' for weights of a training run that did not finish its schedule (--max_steps,
+    a signal), else None: the mark every result and model card of such weights carries."""
+    if total_steps is not None and step >= total_steps:
+        return None
+    return f"stopped at step {step} of {total_steps if total_steps is not None else '? (an unfinished run)'}"
+
+
+def training_status(obj) -> str | None:
+    """`stopped_at` of a checkpoint of this project (None for a finished run and for foreign weights)."""
+    if not (isinstance(obj, dict) and "step" in obj and isinstance(obj.get("meta"), dict)):
+        return None
+    if obj["meta"].get("finished"):
+        return None
+    return stopped_at(int(obj["step"]), obj["meta"].get("total_steps"))  # older checkpoints lack the total
+
+
 def pretrained_id(pretrained) -> str:
     """The `checkpoint` an evaluation of pretrained weights alone records: the file's id, or the tag."""
     p = Path(str(pretrained))

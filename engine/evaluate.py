@@ -200,9 +200,12 @@ def save_adversarial(run_dir: Path, dataset: str, settings: dict, adv: dict) -> 
 
 
 def evaluate_run(e: EvalSettings, model, run_dir: Path, checkpoint_desc: str, device, precision: str,
-                 method: str, label: str) -> list[dict]:
+                 method: str, label: str, stopped: str | None = None, partial: dict | None = None) -> list[dict]:
     """Evaluate on every test dataset and every ε of `e`, one results.jsonl line per dataset and ε;
-    skips what is done. Each row carries the settings, the method's name and its display `label`."""
+    skips what is done. Each row carries the settings, the method's name and its display `label`, and
+    the marks of what it is not: `stopped` ('stopped at step N of M': weights of an unfinished training)
+    and `partial` ({dataset: 'partial (30 / 27 000)'}: a test set short of its release, --allow_partial).
+    A row measured on a partial set is not done once the set is whole."""
     results_file = Path(run_dir) / "results.jsonl"
     done_rows = distributed.broadcast_from_main(read_results(results_file, log.warning))  # every rank: same sets
     # --tf32 on a GPU is part of the precision a result was measured in (its own table, never skipped as done).
@@ -217,8 +220,10 @@ def evaluate_run(e: EvalSettings, model, run_dir: Path, checkpoint_desc: str, de
         settings = e.setting(eps, checkpoint_desc, precision, attack_precision)
         for name in e.testdata:
             canon = datasets.canonical_name(name)
+            marks = {**({"stopped": stopped} if stopped else {}),
+                     **({"partial": partial[canon]} if partial and canon in partial else {})}
             done = find_done(done_rows, canon, settings)
-            if done is not None:
+            if done is not None and done.get("partial") == marks.get("partial"):
                 log.info(f"{canon} (ε {eps:g}): already evaluated with these settings, skipped")
                 rows.append(done)
                 continue
@@ -235,7 +240,7 @@ def evaluate_run(e: EvalSettings, model, run_dir: Path, checkpoint_desc: str, de
             adv = res.pop("adv", None)
             row = {"dataset": canon, **res, **settings, "method": method, "label": label, "run": Path(run_dir).name,
                    "classes": len(data.classnames), "arch": model.arch, "pretrained": str(e.pretrained),
-                   "batch_size": e.test_batch_size}
+                   "batch_size": e.test_batch_size, **marks}
             if distributed.is_main():
                 append_result(results_file, row)
                 if adv is not None:
@@ -245,7 +250,7 @@ def evaluate_run(e: EvalSettings, model, run_dir: Path, checkpoint_desc: str, de
                 log.warning(f"{canon}: AutoAttack: {msg}")
             per = "  ".join(f"{a} {v:.2f}" for a, v in res["attack_acc"].items()) if len(res["attack_acc"]) > 1 else ""
             log.info(f"{canon}: clean {res['clean_acc']:.2f}  robust {res['robust_acc']:.2f}  (n={res['n']})"
-                     + (f"  [{per}]" if per else ""))
+                     + (f"  [{per}]" if per else "") + "".join(f"  {m}" for m in marks.values()))
             rows.append(row)
     log.info("\n" + format_table(rows))
     return rows

@@ -5,7 +5,10 @@ A rerun with identical settings (`SETTING_KEYS`) skips the datasets already in t
 cut short by a kill is ignored (that dataset is redone) and the next line starts on a fresh line.
 Every ignored line is reported with its number and the reason (not JSON, a field missing).
 A row's `n` is the number of images its accuracies are over; `skipped` counts the unreadable
-images left out with `--skip_corrupt`. The tables built from these rows are reports/tables.py.
+images left out with `--skip_corrupt`. Two marks say what a row is not: `stopped` ('stopped at step N of
+M': the weights of a training that did not finish its schedule, e.g. --max_steps) and `partial`
+('partial (30 / 27 000)': the test set held fewer images than its official release, --allow_partial);
+the tables and model cards built from these rows (reports/) repeat them.
 No torch import: reading results starts instantly.
 
     from engine.results import read_results, find_done, append_result
@@ -150,4 +153,7 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"| **mean** | | {mc:.2f} | {mr:.2f} |")
     lines += [f"{r['dataset']}: {r['skipped']} unreadable image(s) skipped (--skip_corrupt); n = the "
               f"{r.get('n', MISSING)} read" for r in rows if r.get("skipped")]
+    lines += [f"{r['dataset']}: {r['partial']}: accuracies over the images present, not the whole set"
+              for r in rows if r.get("partial")]
+    lines += sorted({f"weights {r['stopped']}: not the full training" for r in rows if r.get("stopped")})
     return "\n".join(lines)

@@ -15,7 +15,9 @@ what changes the trained weights (`train`), what only the evaluation reads (`eva
 process runs (`run`); `once` flags belong to one invocation and are never taken from a resumed
 run's args.yaml. The lists other modules need (a run's identity, the checks of a resumed run) are
 derived from these roles. Each method declares its own flags (methods/): this file never changes
-for a new method.
+for a new method. `--help` shows every flag's default (`DefaultsShown`, those of the layers above:
+`--Method TeCoA --help` shows TeCoA's rate); no abbreviation is taken (`--test_step` is not
+`--test_stepsize`), by the first, layered parse neither.
 
     args = parse_args(["--Method", "TGA-ZSR", "--Alpha", "0.1"])   # the namespace, written to args.yaml
     s = Settings.from_args(args)                                    # what the library takes
@@ -32,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from attacks import AA_VERSIONS, PGDSettings, attack_list
+from engine.weights import HF_CONFIG, HF_WEIGHTS, HUB_CONFIG, HUB_WEIGHTS, weights_folder_kind
 from datasets import TEST_DATASETS, DatasetError, canonical_name, default_workers
 from methods import DEFAULT_METHOD_NAME, MINI_LR_FACTOR, canonical_method, get_method, method_flags
 
@@ -40,6 +43,20 @@ PROTOCOL_DIR = CONFIG_DIR / "protocols"
 ROLES = ("model", "train", "eval", "run")
 # Keys of older args.yaml / config files under their current names (the flags keep both spellings).
 RENAMED_KEYS = {"method": "pixel_prompt", "VPbaseline": "train_on_clean"}
+
+
+class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` with each flag's default after its help (argparse's own formatter), except where there is
+    no value to show: None (the help says what happens then) and False (a switch that is off)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+# Path flags whose `~` is expanded (a YAML config or a quoted argument reaches us unexpanded by the shell).
+PATH_FLAGS = ("pretrained", "root", "resume", "output_dir", "decoded_cache")
 
 
 def add(group, *names, role: str, once: bool = False, **kwargs) -> argparse.Action:
@@ -53,7 +70,8 @@ def add(group, *names, role: str, once: bool = False, **kwargs) -> argparse.Acti
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("tga_zsr.py", description="TGA-ZSR: adversarial fine-tuning of CLIP with "
-                                "text-guided attention, and every baseline; then zero-shot evaluation")
+                                "text-guided attention, and every baseline; then zero-shot evaluation",
+                                formatter_class=DefaultsShown, allow_abbrev=False)
     add(p, "-c", "--config", role="run", once=True, default=None,
         help="YAML file of flag values (over the method's configs/<method>.yaml; the command line wins)")
 
@@ -72,7 +90,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("Model")
     add(g, "--arch", role="model", default="vit_b32", help="vit_b32 or any open_clip model name / config json")
     add(g, "--pretrained", role="model", default="openai",
-        help="open_clip tag, local weights file, weights folder, hf-hub:org/name, or 'none'")
+        help="open_clip tag, local weights file, weights folder (open_clip hub or transformers CLIPModel; any "
+             "path: relative, absolute, ~, a symlink), hf-hub:org/name, or 'none'")
     add(g, "--image_size", role="model", type=int, default=224, help="input size of the datasets' transforms")
     add(g, "--adaptation_method", role="model", default="FT", choices=["FT", "VPT"],
         help="fine-tune the visual tower, or train visual prompts only (TeCoA w/ prompting)")
@@ -86,7 +105,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add(g, "--dataset", role="train", default="tinyImageNet", help="training dataset")
     add(g, "--root", role="run", default="./data", help="folder that holds the datasets (datasets/README.md)")
     add(g, "--workers", role="run", type=int, default=default_workers(),
-        help="data loader workers per process (default: the CPUs per torchrun process of this node, at most 8)")
+        help="data loader workers per process (by default the CPUs per torchrun process of this node, at most 8)")
     add(g, "--skip_corrupt", role="train", action="store_true",
         help="leave out images that cannot be decoded, with a warning naming each (counted in results.jsonl and "
              "the table); without it the run stops at the first one, naming it")
@@ -97,9 +116,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("Optimizer and schedule")
     add(g, "--optimizer", role="train", default="sgd", choices=["sgd", "adamw"], help="SGD (momentum) or AdamW")
-    add(g, "--learning_rate", role="train", type=float, default=1e-4, help="peak learning rate")
+    add(g, "--learning_rate", role="train", type=float, default=1e-4,
+        help="peak learning rate (the paper: 1e-4 for TGA-ZSR, Tables 1-2; Tables 20-21 vary it; the method's "
+             "configs/<method>.yaml sets its own)")
     add(g, "--batch_size", role="train", type=int, default=128,
-        help="global batch: split over the torchrun processes and --accum_steps micro-batches")
+        help="global batch: split over the torchrun processes and --accum_steps micro-batches (the paper: 128, "
+             "Tables 1-2)")
     add(g, "--accum_steps", role="train", type=int, default=1,
         help="gradient accumulation: micro-batches per optimiser step (same maths, less memory)")
     add(g, "--epochs", role="train", type=int, default=10, help="epochs over the training set")
@@ -112,7 +134,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="train only the last N parameter tensors of the visual tower (0: all)")
 
     g = p.add_argument_group("Training attack (ε and step sizes in 1/255 units)")
-    add(g, "--train_eps", role="train", type=float, default=1.0, help="ε of the training PGD")
+    add(g, "--train_eps", role="train", type=float, default=1.0,
+        help="ε of the training PGD (the paper: 1/255, Tables 1-2)")
     add(g, "--train_numsteps", role="train", type=int, default=2, help="PGD steps in training (0: clean images)")
     add(g, "--train_stepsize", role="train", type=float, default=1.0, help="step size of the training PGD")
     add(g, "--train_momentum", role="train", type=float, default=0.0,
@@ -121,10 +144,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("Evaluation (ε and step sizes in 1/255 units)")
     add(g, "--testdata", role="eval", nargs="+", default=list(TEST_DATASETS),
-        help="zero-shot test datasets (default: the paper's 16)")
+        help="zero-shot test datasets (the default list: the paper's 16 of Tables 1-2)")
     add(g, "--n_samples", role="eval", type=int, default=0, help="seeded class-balanced test subset size (0: all)")
-    add(g, "--test_eps", role="eval", type=float, nargs="+", default=[1.0], help="one or more budgets, each evaluated")
-    add(g, "--test_numsteps", role="eval", type=int, default=100, help="PGD / CW steps")
+    add(g, "--test_eps", role="eval", type=float, nargs="+", default=[1.0],
+        help="one or more budgets, each evaluated (the paper: 1/255, Tables 1-2; 1, 2 and 4/255, Table 6)")
+    add(g, "--test_numsteps", role="eval", type=int, default=100,
+        help="PGD / CW steps (the paper: 100, the PGD-100 of Tables 1-2)")
     add(g, "--test_stepsize", role="eval", type=float, default=1.0, help="PGD / CW step size")
     add(g, "--attack", role="eval", default="pgd", type=_attacks, metavar="pgd,cw,autoattack",
         help="evaluation attack, or a comma list: robust = survives every one (each one's accuracy is kept)")
@@ -143,6 +168,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="evaluate every K-th batch of --test_batch_size images only (TeCoA's validation: 20)")
     add(g, "--save_adv", role="eval", once=True, type=int, default=0, metavar="N",
         help="save the first N adversarial examples of each dataset to <run>/adv/")
+    add(g, "--allow_partial", role="run", once=True, action="store_true",
+        help="train / evaluate on a dataset with fewer images than its official release (refused otherwise, "
+             "before any work); every result row, table and model card then says 'partial (found / expected)'")
 
     groups = {}
     for cls, (names, kwargs) in method_flags():
@@ -170,7 +198,7 @@ def get_args_parser() -> argparse.ArgumentParser:
              "off by default as in the original; recorded in results as precision '+tf32'")
     add(g, "--print_freq", role="run", type=int, default=50, help="log the training losses every N steps")
     add(g, "--save_freq", role="run", type=int, default=0,
-        help="also checkpoint every N steps (default 0: at each epoch end only; a ViT-B/32 checkpoint is 0.7 GB, "
+        help="also checkpoint every N steps (0: at each epoch end only; a ViT-B/32 checkpoint is 0.7 GB, "
              "the original's 50 wrote ~110 GB per run)")
     add(g, "--tensorboard", role="run", action="store_true", help="log scalars to <run>/tb")
     add(g, "--dist_timeout", role="run", once=True, type=float, default=30.0,
@@ -365,7 +393,7 @@ def mini_learning_rate(method: str) -> float:
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse with the layered defaults of the module docstring."""
     parser = get_args_parser()
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # `--conf` is refused below, not read here
     for name in ("-c", "--config"), ("--Method",), ("--resume",), ("--protocol",):
         pre.add_argument(*name, default=None)
     pre.add_argument("--mini_lr", action="store_true")
@@ -388,6 +416,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         defaults.pop("Method", None)  # None says "not given": an evaluation then names itself after its weights
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
+    values = vars(args)  # the namespace's own dict: what is set here is set on args
+    for flag in PATH_FLAGS:
+        if isinstance(values[flag], str) and values[flag].startswith("~"):
+            values[flag] = os.path.expanduser(values[flag])
     if args.gpu is not None:
         args.device = f"cuda:{args.gpu}"
     return args
@@ -430,11 +462,15 @@ def validate(args, world: int = 1) -> None:
     for root in (args.root.values() if isinstance(args.root, dict) else [args.root]):
         if os.path.exists(root) and not os.path.isdir(root):
             problems.append(f"--root {root}: is a file, not a folder; give the folder that holds the datasets")
-    weights = str(args.pretrained)
-    looks_like_a_file = os.sep in weights or weights.endswith((".pt", ".pth", ".tar", ".bin"))
-    if looks_like_a_file and not weights.startswith("hf-hub:") and not os.path.isfile(weights):
-        problems.append(f"--pretrained {weights}: no such file (give a weights file, an open_clip tag such as "
-                        f"openai, or none)")
+    weights = os.path.expanduser(str(args.pretrained))
+    looks_like_a_path = os.sep in weights or weights.endswith((".pt", ".pth", ".tar", ".bin", ".safetensors"))
+    if os.path.isdir(weights) and weights_folder_kind(weights) is None:
+        problems.append(f"--pretrained {weights}: a folder, but neither an open_clip hub folder ({HUB_CONFIG} + "
+                        f"{' or '.join(HUB_WEIGHTS)}) nor a transformers CLIPModel folder ({HF_CONFIG} + "
+                        f"{' or '.join(HF_WEIGHTS)})")
+    elif looks_like_a_path and not weights.startswith("hf-hub:") and not os.path.exists(weights):
+        problems.append(f"--pretrained {weights}: no such file or folder (give a weights file, a weights folder, "
+                        f"an open_clip tag such as openai, or none)")
     cls = get_method(args.Method or DEFAULT_METHOD_NAME, args.atten_methods)
     if cls.trains == "prompts" and args.adaptation_method != "VPT" and not args.eval_only:
         problems.append(f"--Method {cls.name} trains visual prompts: it needs --adaptation_method VPT "
@@ -546,6 +582,7 @@ class RunSettings:
     compile: bool
     tf32: bool
     dist_timeout: float
+    allow_partial: bool
 
 
 def _pick(cls, values: dict, **extra):

@@ -233,7 +233,7 @@ class Trainer:
                 "batch_in_epoch": self.batch_in_epoch, "rng": rng_state(), "world": self.world,
                 "args": {k: v for k, v in self.record.items() if isinstance(v, (int, float, str, bool, list, type(None)))},
                 "meta": {"arch": self.model.arch, "quick_gelu": self.model.quick_gelu, "method": self.method.name,
-                         "finished": self.step >= self.total_steps}}
+                         "finished": self.step >= self.total_steps, "total_steps": self.total_steps}}
 
     def load_state_dict(self, ckpt: dict) -> None:
         load_trainable_state(self.model, ckpt)

@@ -105,9 +105,11 @@ class TGAZSR(Method):
     name, label, aliases, order, needs_frozen = "tga_zsr", "TGA-ZSR", ("TGA-ZSR", "TGA_ZSR", "tgazsr"), 90, True
     flags = (
         flag("--Alpha", type=float, default=0.08,
-             help="weight of the Attention Refinement loss L_AR (paper Eq. 6)"),
+             help="weight of the Attention Refinement loss L_AR (paper Eq. 6; the paper: 0.08, Tables 1-2; "
+                  "Tables 14-15 vary it)"),
         flag("--Beta", type=float, default=0.05,
-             help="weight of the Attention-based Model Constraint L_AMC (paper Eq. 7)"),
+             help="weight of the Attention-based Model Constraint L_AMC (paper Eq. 7; the paper: 0.05, Tables 1-2; "
+                  "0.009 for AutoAttack, Table 3; Tables 14-15 vary it)"),
         flag("--Distance_metric", default="l2", choices=["l2", "cos", "l1"],
              help="distance between attention maps (paper Tables 18-19)"),
         flag("--cache_frozen_maps", action=argparse.BooleanOptionalAction, default=False,

@@ -7,7 +7,14 @@ one entry per evaluation setting found in the results of those weights: protocol
 ε, attacks, precisions, per-dataset clean / robust accuracy (and each attack's own), the mean over
 the paper's 16 datasets, the strict zero-shot mean over 15 (TinyImageNet left out: it is the
 training set's domain), the harmonic mean of clean and robust, the datasets whose clean accuracy
-is at chance level (e.g. PCAM), then the date, the tool's version and the git revision. No torch.
+is at chance level (e.g. PCAM), then the date, the tool's version and the git revision. What an evaluation
+is not is said on it: `stopped` (weights of a training stopped before its schedule, 'stopped at step N of
+M', also on the card's model) and `partial` (test sets short of their release, 'partial (30 / 27 000)').
+No torch.
+
+The leaderboard ranks models within one full evaluation setting (`setting`: every GROUP_KEYS value of the
+results rows and the precision, so ε, steps, step size, attacks, precisions and samples all match), titled
+as the challenge table titles it.
 
     python report.py leaderboard checkpoints/          # every model_card.json below, ranked
 """
@@ -19,7 +26,7 @@ import math
 from pathlib import Path
 
 from engine.results import GROUP_KEYS, group_key, read_results, setting
-from reports.tables import PRECISION_GAP_FLAG
+from reports.tables import PRECISION_GAP_FLAG, group_title
 
 CARD_NAME = "model_card.json"
 TOOL = "tga_zsr.py evaluator (TGA-ZSR reference implementation)"
@@ -58,6 +65,8 @@ def summarise(rows: list[dict]) -> dict:
             data[name]["attack_acc"] = r["attack_acc"]
         if r.get("aa_checks"):
             data[name]["autoattack_checks"] = r["aa_checks"]
+        if r.get("partial"):
+            data[name]["partial"] = r["partial"]
     names = list(per)
     means = {"all": {"clean": _mean(data, names, "clean"), "robust": _mean(data, names, "robust"),
                      "datasets": len(names)}}
@@ -66,6 +75,11 @@ def summarise(rows: list[dict]) -> dict:
         strict = [d for d in SIXTEEN if d not in NOT_ZERO_SHOT]
         means["strict_zero_shot_15"] = {"clean": _mean(data, strict, "clean"), "robust": _mean(data, strict, "robust")}
     head = means.get("16_datasets", means["all"])
+    stopped = sorted({r["stopped"] for r in per.values() if r.get("stopped")})
+    marks = {"stopped": "; ".join(stopped)} if stopped else {}
+    partial = [f"{d} {v['partial']}" for d, v in data.items() if v.get("partial")]
+    if partial:
+        marks["partial"] = partial
     return {
         "protocol": setting(r0, "protocol"), "threat_model": THREAT.get(r0.get("norm"), r0.get("norm")),
         "eps": r0.get("eps"), "eps_unit": "1/255", "attacks": str(r0.get("attack")).split(","),
@@ -75,6 +89,7 @@ def summarise(rows: list[dict]) -> dict:
         "batch_stride": setting(r0, "batch_stride"), "seed": r0.get("seed"),
         "datasets": data, "means": means, "headline": {**head, "harmonic": harmonic(head["clean"], head["robust"])},
         "at_chance": [d for d, v in data.items() if v["at_chance"]],
+        "setting": {**{k: setting(r0, k) for k in GROUP_KEYS}, "precision": r0.get("precision")}, **marks,
     }
 
 
@@ -108,6 +123,9 @@ def build_card(rows: list[dict], model: dict, environment: dict | None = None) -
     for e in evaluations:
         del e["_key"]
     env = environment or {}
+    stopped = sorted({e["stopped"] for e in evaluations if e.get("stopped")})
+    if stopped:  # the weights themselves: a training that did not finish
+        model = {**model, "stopped": "; ".join(stopped)}
     return {"card_version": 1, "model": model, "evaluations": evaluations,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "tool": {"name": TOOL, "git_revision": env.get("git"),
@@ -135,37 +153,51 @@ def find_cards(folders: list[str]) -> list[Path]:
     return cards
 
 
+# What a card written before evaluations carried `setting` holds under other names (card field -> setting key).
+OLD_CARD_FIELDS = {"attack": "attacks", "aa_version": "autoattack_version"}
+
+
+def evaluation_setting(e: dict) -> tuple:
+    """The full setting of a card's evaluation (GROUP_KEYS, then the precision): what one ranking shares."""
+    s = dict(e.get("setting") or {})
+    if not s:  # an older card: the same values from its fields
+        s = {k: e.get(OLD_CARD_FIELDS.get(k, k)) for k in GROUP_KEYS + ("precision",)}
+        s["attack"] = ",".join(s["attack"] or [])
+        s["norm"] = {v: k for k, v in THREAT.items()}.get(e.get("threat_model"), e.get("threat_model"))
+    return tuple(s.get(k) for k in GROUP_KEYS) + (s.get("precision"),)
+
+
 def setting_title(e: dict) -> str:
-    attacks = " + ".join(a.upper() if a != "autoattack" else f"AutoAttack ({e['autoattack_version']})"
-                         for a in e["attacks"])
-    parts = [attacks, f"{e['threat_model']} ε = {e['eps']:g}/255", f"attacks in {e['attack_precision']}"]
-    if e.get("n_samples"):
-        parts.append(f"{e['n_samples']} samples per dataset")
-    if e.get("protocol"):
-        parts.append(f"protocol {e['protocol']}")
-    return ", ".join(parts)
+    """The challenge table's title of this setting (reports/tables.py), e.g. 'PGD-100, ε = 1/255, step 1/255,
+    l_inf, amp'."""
+    key = evaluation_setting(e)
+    return group_title(key[:-1], [key[-1]] if key[-1] else [])
 
 
 def leaderboard(cards: list[dict]) -> str:
-    """One ranking per evaluation setting, by headline robust accuracy (ties: clean)."""
-    boards: dict[str, list] = {}
+    """One ranking per full evaluation setting (and number of datasets), by headline robust accuracy (ties:
+    clean). A model stopped before its schedule or measured on partial test sets says so in Notes."""
+    boards: dict[tuple, list] = {}
     for card in cards:
         for e in card["evaluations"]:
-            boards.setdefault(setting_title(e) + f" | {e['means']['all']['datasets']} datasets", []).append((card, e))
+            boards.setdefault((evaluation_setting(e), e["means"]["all"]["datasets"]), []).append((card, e))
     blocks = []
-    for title, entries in boards.items():
+    for (key, n_datasets), entries in boards.items():
+        title = f"{setting_title(entries[0][1])} | {n_datasets} datasets"
         entries.sort(key=lambda ce: (-ce[1]["headline"]["robust"], -ce[1]["headline"]["clean"]))
         lines = [f"### {title}", "", "| # | Model | Arch | Robust | Clean | Harmonic | Strict 15 robust | At chance | "
-                 "Precision gap | Source |", "|---|---|---|---|---|---|---|---|---|---|"]
+                 "Precision gap | Source | Notes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for i, (card, e) in enumerate(entries, 1):
             m, h = card["model"], e["headline"]
             strict = e["means"].get("strict_zero_shot_15")
             gap = e.get("precision_gap")
             gap_text = (f"{gap['points']:+.2f}{' ⚠' if gap['possible_gradient_masking'] else ''}" if gap else "")
             strict_text = f"{strict['robust']:.2f}" if strict else "–"
+            notes = ([e["stopped"]] if e.get("stopped") else []) + list(e.get("partial", []))
             lines.append(f"| {i} | {m.get('name')} | {m.get('arch')} | {h['robust']:.2f} | {h['clean']:.2f} | "
                          f"{h['harmonic']:.2f} | {strict_text} | "
-                         f"{', '.join(e['at_chance']) or '–'} | {gap_text or '–'} | {m.get('source')} |")
+                         f"{', '.join(e['at_chance']) or '–'} | {gap_text or '–'} | {m.get('source')} | "
+                         f"{'; '.join(notes) or '–'} |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n" if blocks else "no evaluations in these cards\n"
 

@@ -18,6 +18,13 @@ lower bound: its restarts come on top). Hours = unit-images × FLOPs of a forwar
 FlopCounterMode count for the architecture) / a FLOP rate: the rate this device reached in earlier
 runs of the same architecture (history.jsonl images/s, results.jsonl seconds), and the rate of the
 paper's RTX 3090 (TGA-ZSR: 885 s per epoch of 100 000 images at 11 units each, from the paper's text).
+
+Per table (`table_costs`): its runs, the wall clock of what remains on 1 and on N GPUs (independent runs
+go one per GPU, so N GPUs take the longest queue of a longest-first assignment, never less than the longest
+run), at a stated speed (`--img_per_s`: TGA-ZSR training images/s of one GPU, e.g. from `bash main.sh
+doctor`), else the speed measured in earlier runs under the output folder, else the paper's RTX 3090; and
+the disk its checkpoints (last.pt: the visual tower and its optimiser state, fp32) and its results and
+logs take.
 """
 from __future__ import annotations
 
@@ -178,26 +185,33 @@ def eval_status(run: Run, ev: Evaluation, out: Path, dev_type: str, state=None) 
 
 
 def results_of(run: Run, ev: Evaluation, out: Path, dev_type: str) -> dict:
-    """{dataset: (robust, clean)} of what is in the run's results.jsonl for this evaluation's attack
+    """{dataset: (robust, clean, marks)} of what is in the run's results.jsonl for this evaluation's attack
     settings (the attack precision this device resolves to) and seed (the latest row of each
-    dataset), whatever has finished."""
+    dataset), whatever has finished; `marks` says what a number is not: {"stopped": ['stopped at step N
+    of M']} (a training stopped before its schedule), {"partial": ['EuroSAT partial (30 / 27 000)']}."""
     precision = resolve_precision(ev.settings.run.precision, torch.device(dev_type))
     settings = eval_setting(ev.settings, "", precision)
     key = tuple(settings[k] for k in GROUP_KEYS)
     got = {}
     for r in read_results(out / run.name):
         if tuple(setting(r, k) for k in GROUP_KEYS) == key and r.get("seed") == run.settings.train.seed:
-            got[r["dataset"]] = (r.get("robust_acc"), r.get("clean_acc"))
+            marks = {"stopped": [r["stopped"]] if r.get("stopped") else [],
+                     "partial": [f"{r['dataset']} {r['partial']}"] if r.get("partial") else []}
+            got[r["dataset"]] = (r.get("robust_acc"), r.get("clean_acc"), {k: v for k, v in marks.items() if v})
     return got
 
 
 # --- what is missing ------------------------------------------------------------------------------------
 def missing_data(needs: dict, root_of) -> list[str]:
-    """`needs`: {(dataset, split)}; the check of each, first line and its fix, for those that fail."""
+    """`needs`: {(dataset, split)}; the check of each, first line and its fix, for those that fail or that
+    hold fewer images than their release (refused by tga_zsr.py without --allow_partial)."""
     problems = []
     for name, split in needs:
         try:
-            datasets.check_dataset(name, root_of(name), split, decode=0)
+            info = datasets.check_dataset(name, root_of(name), split, decode=0)
+            if info["partial"]:
+                problems.append(f"{name} ({split}): {info['partial']} in {info['path']}: refused without "
+                                f"--allow_partial (after --), marked partial everywhere with it")
         except datasets.DatasetError as e:
             lines = str(e).splitlines()
             fix = next((x.strip() for x in lines if x.strip().startswith("how to fix")), "")
@@ -241,20 +255,30 @@ def train_image_steps(t) -> int | None:
     return (min(steps, t.max_steps) if t.max_steps else steps) * t.batch_size
 
 
-_FLOPS: dict = {}
+_FACTS: dict = {}
 
 
-def flops_per_image(arch: str) -> float:
-    """FLOPs of one forward of the visual tower on one image (random weights; torch's FlopCounterMode)."""
-    if arch not in _FLOPS:
+def model_facts(arch: str) -> dict:
+    """What the estimates need of an architecture, from one build with random weights: the FLOPs of one
+    forward of the visual tower on one image (torch's FlopCounterMode), the bytes of its state dict and of
+    each of its parameters (in registration order: --last_num_ft trains the last N)."""
+    if arch not in _FACTS:
         torch.manual_seed(0)
         logging.disable(logging.WARNING)  # open_clip's "initialized randomly": random weights are the point here
         try:
             model = load_clip(arch, None)
         finally:
             logging.disable(logging.NOTSET)
-        _FLOPS[arch] = float(forward_flops(model, torch.rand(1, 3, *model.image_tower.image_size)))
-    return _FLOPS[arch]
+        _FACTS[arch] = {
+            "flops": float(forward_flops(model, torch.rand(1, 3, *model.image_tower.image_size))),
+            "state_bytes": sum(t.numel() * t.element_size() for t in model.visual.state_dict().values()),
+            "param_bytes": [p.numel() * p.element_size() for p in model.visual.parameters()]}
+    return _FACTS[arch]
+
+
+def flops_per_image(arch: str) -> float:
+    """FLOPs of one forward of the visual tower on one image (random weights; torch's FlopCounterMode)."""
+    return model_facts(arch)["flops"]
 
 
 def measured_rates(out: Path, arch: str) -> dict:
@@ -330,3 +354,128 @@ def estimate(runs: dict, st: dict, out: Path) -> list[str]:
     if unknown:
         lines.append(f"  ({unknown} training run(s) left out: training set size unknown until its data is present)")
     return lines or ["  nothing remains"]
+
+
+# --- cost per table: wall clock and disk -------------------------------------------------------------
+# Bytes of what a run writes besides last.pt, measured on the runs of this project (a tiny-vit synthetic
+# run and the mini world): a results.jsonl row (~570 B), a history.jsonl row (~175 B), and the fixed files
+# (args.yaml, environment.json, log.txt, model_card.json, the loss curve's PNG and PDF: ~0.15 MB).
+RESULT_ROW_BYTES, HISTORY_ROW_BYTES, RUN_FILES_BYTES = 600, 180, 150_000
+
+
+def checkpoint_bytes(s: Settings) -> int:
+    """Bytes of a training run's last.pt: the visual tower's state dict (saved whatever is trained) and the
+    optimiser's state of the tensors it steps (SGD with momentum: one buffer each; AdamW: two), fp32.
+    Visual prompts and TIMA's text-tower tensors (small, or a part of the text tower) are not counted."""
+    if not trains(s):
+        return 0
+    facts = model_facts(str(s.model.arch))
+    stepped = facts["param_bytes"] if s.model.adaptation_method != "VPT" else []
+    if s.train.last_num_ft:
+        stepped = stepped[-s.train.last_num_ft:]
+    slots = 2 if s.train.optimizer == "adamw" else (1 if s.train.momentum > 0 else 0)
+    return facts["state_bytes"] + slots * sum(stepped)
+
+
+def run_disk_bytes(run: Run) -> tuple[int, int]:
+    """(checkpoint bytes, results and logs bytes) of a run once everything it serves is done."""
+    rows = sum(len(ev.datasets) * len(ev.settings.eval.test_eps) for ev in run.evals.values())
+    t = run.settings.train
+    images = train_image_steps(t) if run.trains else 0
+    history = math.ceil((images or 0) / t.batch_size / max(1, t.print_freq))
+    return checkpoint_bytes(run.settings), rows * RESULT_ROW_BYTES + history * HISTORY_ROW_BYTES + RUN_FILES_BYTES
+
+
+def unit_rates(arch: str, out: Path, img_per_s: float | None,
+               paper_speed: bool = True) -> tuple[float | None, float | None, str]:
+    """(training, test) unit-images per second of one GPU and where they come from: stated, measured
+    under `out`, else the paper's RTX 3090 scaled by FLOPs (`paper_speed`; the mini world runs on CPUs,
+    where a GPU's speed says nothing: (None, None, why) instead)."""
+    if img_per_s:
+        rate = img_per_s * PAPER_3090["units"]  # TGA-ZSR's training image: 2K + 7 = 11 units
+        return rate, rate, f"stated: {img_per_s:g} TGA-ZSR training images/s per GPU (--img_per_s)"
+    m = measured_rates(out, arch)
+    if m["train"] or m["test"]:
+        return (m["train"] or m["test"], m["test"] or m["train"],
+                f"measured in {m['n_train']} training log rows and {m['n_test']} evaluations under {out}")
+    if not paper_speed:
+        return None, None, f"no run of {arch} measured under {out} yet, and no --img_per_s"
+    rate = paper_3090_rate() / flops_per_image(arch)
+    return rate, rate, "the paper's RTX 3090 (885 s per TGA-ZSR epoch), scaled by FLOPs"
+
+
+def run_remaining_units(run: Run, state: dict) -> tuple[float | None, float]:
+    """(training, test) unit-images of what remains of a run (training None: set size unknown)."""
+    train = 0.0
+    if state["train"][0] in ("todo", "partial"):
+        steps = train_image_steps(run.settings.train)
+        train = None if steps is None else steps * train_units(run.settings)
+    test = 0.0
+    for ek, ev in run.evals.items():
+        e = ev.settings.eval
+        for d in state["evals"][ek][1]:
+            n = set_size(d, "test", run.settings.train.root)
+            n = min(n, e.n_samples) if n and e.n_samples else n
+            test += (n or 0) * eval_units(e.attack, e.test_numsteps, e.test_eps) * len(e.test_eps)
+    return train, test
+
+
+def longest_first(hours: list[float], workers: int) -> float:
+    """Wall clock of independent jobs on `workers` machines, each job to the least-loaded machine, longest
+    first (what --gpus does with a queue of runs, up to the order): never below the longest job."""
+    loads = [0.0] * max(1, workers)
+    for h in sorted(hours, reverse=True):
+        loads[loads.index(min(loads))] += h
+    return max(loads)
+
+
+def _duration(hours: float) -> str:
+    return f"{hours:.3g} h" if hours >= 1 else f"{hours * 60:.3g} min" if hours * 60 >= 1 else f"{hours * 3600:.3g} s"
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.3g} GB" if n >= 1e8 else f"{n / 1e6:.3g} MB"
+
+
+def table_costs(runs: dict, st: dict, tables: list[str], out: Path, gpus: int, img_per_s: float | None = None,
+                unit: str = "GPU", paper_speed: bool = True) -> list[str]:
+    """Per table: its runs, the wall clock of what remains on 1 and on `gpus` GPUs (or CPU jobs: `unit`),
+    and the disk its checkpoints and results take when done (a run shared by two tables counts in both)."""
+    lines = []
+    for tid in tables:
+        mine = [(k, r) for k, r in runs.items() if tid in r.tables]
+        if not mine:
+            continue
+        hours, unknown, todo, sources, no_speed = [], 0, 0, set(), set()
+        ckpt = files = 0
+        for key, run in mine:
+            train, test = run_remaining_units(run, st["runs"][key])
+            tr, te, source = unit_rates(str(run.settings.model.arch), out, img_per_s, paper_speed)
+            if train is None:
+                unknown += 1
+                train = 0.0
+            if train or test:
+                todo += 1
+                if tr is None:
+                    no_speed.add(source)
+                else:
+                    sources.add(source)
+                    hours.append((train / tr + test / te) / 3600)
+            c, f = run_disk_bytes(run)
+            ckpt, files = ckpt + c, files + f
+        trained = sum(1 for _, r in mine if r.trains)
+        lines.append(f"  {tid}: {len(mine)} runs ({trained} trained, {len(mine) - trained} evaluated from their "
+                     f"weights), {todo} with work left")
+        if hours:
+            lines.append(f"    wall clock of what remains: {_duration(sum(hours))} on 1 {unit}, "
+                         f"{_duration(longest_first(hours, gpus))} on {gpus} {unit}s (one run per {unit}; the longest "
+                         f"run: {_duration(max(hours))}); speed: {'; '.join(sorted(sources))}")
+        if no_speed:
+            lines.append(f"    wall clock: not known ({'; '.join(sorted(no_speed))}): run one of them first, "
+                         f"or state the speed")
+        if unknown:
+            lines.append(f"    ({unknown} training run(s) not counted: the training set's size is unknown until "
+                         f"its data is present)")
+        lines.append(f"    disk when done: {_gb(ckpt + files)} = checkpoints {_gb(ckpt)} ({trained} x last.pt) + "
+                     f"results and logs {_gb(files)}")
+    return lines

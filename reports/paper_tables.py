@@ -136,6 +136,18 @@ def _values(ours: dict, label: str, ev: str, dataset: str, k: int) -> list:
     return [(s.get(dataset) or (None, None))[k] for s in ours.get(label, {}).get(ev, [])]
 
 
+def _marks(ours: dict, label: str, evs: list, dataset: str) -> dict:
+    """What the numbers of a cell are not, over its seeds and evaluations: {"stopped": [...], "partial": [...]}
+    (the third item of a results_of entry), for the cell's mark and the table's notes."""
+    marks: dict = {}
+    for ev in evs:
+        for s in ours.get(label, {}).get(ev, []):
+            entry = s.get(dataset) or ()
+            for kind, notes in (entry[2] if len(entry) > 2 else {}).items():
+                marks[kind] = sorted(set(marks.get(kind, [])) | set(notes))
+    return marks
+
+
 def _rows(decl: dict, view: dict) -> list[dict]:
     keep = view.get("rows")
     return [r for r in decl["rows"] if keep is None or r["label"] in keep]
@@ -177,13 +189,14 @@ def per_dataset_tables(decl, view, ours, datasets, numbers, mini, evals=None, ti
                     vals = [sum(s) / len(s) if all(x is not None for x in s) else None for s in seeds]
                     col = f"{DISPLAY.get(d, d)} {metric.capitalize()}" if side else DISPLAY.get(d, d)
                     cells[col] = {"values": vals,
-                                  "paper": None if mini else paper_value(numbers, view, row.get("paper"), d, metric)}
+                                  "paper": None if mini else paper_value(numbers, view, row.get("paper"), d, metric),
+                                  **_marks(ours, row["label"], evals, d)}
                 for spec in means:
                     col = spec["name"] + (f" {metric.capitalize()}" if side else "")
                     member = [cells[f"{DISPLAY.get(d, d)} {metric.capitalize()}" if side else DISPLAY.get(d, d)]
                               for d in _over(spec, order)]
                     paper = None if mini else paper_value(numbers, view, row.get("paper"), spec.get("paper", ""), metric)
-                    cells[col] = mean_cell(member, paper) if not mini else {"values": mean_cell(member)["values"]}
+                    cells[col] = mean_cell(member, paper)  # in the mini world the members and `paper` are None
                     if spec is means[0]:
                         headline.setdefault(row["label"], {})[metric] = cells[col]["values"]
                 if mini and view.get("paper_table"):
@@ -215,7 +228,8 @@ def means_table(decl, view, ours, datasets, numbers, mini, title_of=None) -> tup
             member = {}
             for metric, k in (("robust", 0), ("clean", 1)):
                 parts = [{"values": _values(ours, row["label"], ev, d, k),
-                          "paper": paper_value(numbers, view, name, d, metric, view.get("paper_per_dataset"))}
+                          "paper": paper_value(numbers, view, name, d, metric, view.get("paper_per_dataset")),
+                          **_marks(ours, row["label"], [ev], d)}
                          for d in _over(s, datasets)]
                 paper = None if mini else (paper_value(numbers, view, name, "Average", metric) if not suffix
                                            else mean_cell(parts)["paper"])
@@ -227,7 +241,8 @@ def means_table(decl, view, ours, datasets, numbers, mini, title_of=None) -> tup
                 avg = [None if a is None or b is None else (a + b) / 2
                        for a, b in zip(member["robust"]["values"], member["clean"]["values"])]
                 pr, pc = member["robust"]["paper"], member["clean"]["paper"]
-                cells["Average"] = {"values": avg, "paper": None if pr is None or pc is None else (pr + pc) / 2}
+                cells["Average"] = {**mean_cell([member["robust"], member["clean"]]), "values": avg,
+                                    "paper": None if pr is None or pc is None else (pr + pc) / 2}
                 headline[row["label"]] = {"robust": member["robust"]["values"], "clean": member["clean"]["values"],
                                           "paper_robust": paper_value(numbers, view, name, "Average", "robust"),
                                           "paper_clean": paper_value(numbers, view, name, "Average", "clean")}

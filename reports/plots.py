@@ -5,8 +5,11 @@ of history.jsonl. No model is loaded here (visualize.py draws the attention grid
   point per run (its results' label), with iso-Average lines `(robust + clean) / 2 = const`
   (the paper's Fig. 3). -> `trade_off.png` and `.pdf` (in `--out`, default the first run).
 * Loss curve: every loss term of `<run>/history.jsonl` and the LR against the step; training
-  writes it at the end of each epoch (tga_zsr.py hands it to the trainer). -> `<run>/loss_curve.png`.
+  writes it at the end of each epoch (tga_zsr.py hands it to the trainer). -> `<run>/loss_curve.png` and `.pdf`.
 
+Every figure is made to go into a paper as it is: a true-colour PNG (RGB, never a palette) and a vector PDF
+(text as text, TrueType fonts embedded), at most COLUMN_IN wide with no text under MIN_FONT_PT, so that it
+stays readable placed at the column width (`print_font_pt` measures it; `save_figure` warns below it).
 matplotlib is imported only when a figure is drawn, with the Agg backend (no display needed).
 
     python visualize.py --trade_off checkpoints/<run_a> checkpoints/<run_b> --out figures/
@@ -16,20 +19,38 @@ from __future__ import annotations
 
 import io
 import logging
+import textwrap
 from pathlib import Path
 
 from engine.results import GROUP_KEYS, group_key, read_jsonl, read_results, row_label
 
 log = logging.getLogger("tga_zsr")
 
-# Paper-readable defaults: text at 11 pt when the figure is printed at its own size.
-STYLE = {"font.size": 11, "axes.titlesize": 11, "axes.labelsize": 11, "xtick.labelsize": 9.5,
-         "ytick.labelsize": 9.5, "legend.fontsize": 9.5, "figure.titlesize": 12, "pdf.fonttype": 42,
+# The width a figure is placed at (NeurIPS' text width, the paper's venue, in inches) and the smallest text
+# readable in print there (points): figures are drawn at most that wide, at their print size.
+COLUMN_IN, MIN_FONT_PT = 5.5, 7.0
+STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+         "legend.fontsize": 7, "legend.title_fontsize": 7, "figure.titlesize": 8, "pdf.fonttype": 42,
          "savefig.facecolor": "white"}
 HISTORY_SKIP = ("step", "epoch", "img_per_s", "lr")
-TRADE_OFF_SIZE = (5.0, 5.0)              # inches: a square axes box for the equal-aspect plot
-TERM_TITLES = {"loss": "total loss", "lr": "learning rate", "ce": "CE", "ar": "L_AR (Alpha term, unweighted)",
-               "amc": "L_AMC (Beta term, unweighted)"}
+TRADE_OFF_SIZE = (3.6, 3.6)              # inches: a square axes box for the equal-aspect plot
+LEGEND_IN = COLUMN_IN - TRADE_OFF_SIZE[0]  # the legend beside it, for a whole table's methods
+LOSS_PANEL = (COLUMN_IN / 3, 1.55)       # inches per loss-curve panel: three across the column
+TERM_TITLES = {"loss": "total loss", "lr": "learning rate", "ce": "CE", "ar": "L_AR (unweighted)",
+               "amc": "L_AMC (unweighted)"}
+
+
+def wrapped(text: str, width_in: float, size_pt: float) -> str:
+    """`text` broken into lines that fit `width_in` at `size_pt` (an average glyph is ~0.55 em wide)."""
+    return textwrap.fill(text, max(8, int(width_in * 72 / (0.55 * size_pt))))
+
+
+def print_font_pt(fig) -> float:
+    """The smallest text of `fig` in points once it is placed at COLUMN_IN wide (a narrower figure keeps
+    its own size): what a reader of the paper sees."""
+    from matplotlib.text import Text
+    sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    return min(sizes) * min(1.0, COLUMN_IN / fig.get_figwidth()) if sizes else float("inf")
 
 
 def pyplot():
@@ -40,30 +61,35 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, out_dir: Path, stem: str, dpi: int, pdf: bool = True, png_colors: int = 0) -> list[Path]:
-    """PNG (and PDF) at the figure's own size (no tight bbox: the pixel size is figsize × dpi).
-
-    `png_colors` > 0 stores the PNG with a dithered palette of that many colours: image panels
-    full of pixel noise otherwise make multi-megabyte PNGs (the docs examples use it).
-    """
+def save_figure(fig, out_dir: Path, stem: str, dpi: int) -> list[Path]:
+    """`stem.png` (true colour: RGB, the white background opaque) and `stem.pdf` (vector) at the figure's
+    own size (no tight bbox: the pixel size is figsize × dpi)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.png"] + ([out_dir / f"{stem}.pdf"] if pdf else [])
+    smallest = print_font_pt(fig)
+    if smallest < MIN_FONT_PT - 1e-9:
+        log.warning(f"{stem}: text of {smallest:.1f} pt at {COLUMN_IN:g} in wide, under {MIN_FONT_PT:g} pt")
+    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
     for p in paths:
+        _save(fig, p, dpi)
+    pyplot().close(fig)
+    return paths
+
+
+def _save(fig, p: Path, dpi: int) -> None:
+    # STYLE at save time too: pdf.fonttype 42 embeds TrueType fonts (text stays text, no Type 3 glyphs,
+    # which some publishers' PDF checks refuse); it is read when the PDF is written, not when drawn
+    with pyplot().rc_context(STYLE):
         tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")  # the suffix tells matplotlib the format
-        if p.suffix == ".png" and png_colors > 0:
+        if p.suffix == ".png":
             from PIL import Image  # matplotlib's own dependency
             buf = io.BytesIO()
             fig.savefig(buf, dpi=dpi, format="png")
-            rgb = Image.open(buf).convert("RGB")
-            # an octree palette (keeps the colour map's hues) with Floyd–Steinberg dithering (no banding)
-            palette = rgb.quantize(png_colors, method=Image.Quantize.FASTOCTREE)
-            rgb.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(tmp, format="png", optimize=True)
+            # RGBA with an all-opaque alpha is RGB; dropping the channel keeps every pixel's colour
+            Image.open(buf).convert("RGB").save(tmp, format="png", optimize=True)
         else:
             fig.savefig(tmp, dpi=dpi)
         tmp.replace(p)  # a reader never sees half a file (the loss curve is rewritten each epoch)
-    pyplot().close(fig)
-    return paths
 
 
 
@@ -123,7 +149,7 @@ def draw_trade_off(points: list[dict], title: str = "", reference: list[dict] | 
     with plt.rc_context(STYLE):
         w, h = TRADE_OFF_SIZE
         wide = len(points) > LABELLED_POINTS or bool(reference)
-        fig, ax = plt.subplots(figsize=(w + 3.2 if wide else w, h), layout="constrained")
+        fig, ax = plt.subplots(figsize=(w + LEGEND_IN if wide else w, h), layout="constrained")
         xs = [p["clean"] for p in points]
         ys = [p["robust"] for p in points]
         cmap = plt.get_cmap("tab10" if len(points) <= 10 else "tab20")
@@ -142,15 +168,16 @@ def draw_trade_off(points: list[dict], title: str = "", reference: list[dict] | 
             for i, (p, x, y) in enumerate(zip(points, xs, ys)):
                 # points on (nearly) the same spot get their labels stacked, not printed over each other
                 below = sum(abs(x - xs[j]) < 1.0 and abs(y - ys[j]) < 1.0 for j in range(i))
-                ax.annotate(p["label"], (x, y), xytext=(6, 5 + 13 * below), textcoords="offset points", fontsize=10)
+                ax.annotate(p["label"], (x, y), xytext=(5, 4 + 10 * below), textcoords="offset points",
+                            fontsize=MIN_FONT_PT + 0.5)
         else:  # a whole table's worth of methods crowd together: a legend stays readable
             for p, colour in zip(points, colours):
                 ax.scatter([], [], color=colour, s=60, edgecolors="black", linewidths=0.6,
                            label=f"{p['label']} ({p['clean']:.1f}, {p['robust']:.1f})")
             if reference:
                 ax.scatter([], [], s=60, facecolors="none", edgecolors="0.3", linewidths=1.4, label="hollow: the paper")
-            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=9, frameon=False,
-                      title="method (clean, robust)", title_fontsize=9)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, title="method (clean, robust)",
+                      borderaxespad=0, handletextpad=0.3)
         # A square view with equal aspect, so the iso-Average lines run at −45° and read as such.
         xs, ys = xs_all, ys_all
         span = min(104.0, max(20.0, 1.3 * max(max(xs) - min(xs), max(ys) - min(ys))))
@@ -167,7 +194,7 @@ def draw_trade_off(points: list[dict], title: str = "", reference: list[dict] | 
             xm = (2 * k - (y0 + y1) / 2 + (x0 + x1) / 2) / 2
             margin = 0.06 * span
             if x0 + margin < xm < x1 - margin and y0 + margin < 2 * k - xm < y1 - margin:
-                ax.text(xm, 2 * k - xm, f"avg {k:g}", fontsize=8, color="0.4", rotation=-45,
+                ax.text(xm, 2 * k - xm, f"avg {k:g}", fontsize=MIN_FONT_PT, color="0.4", rotation=-45,
                         ha="center", va="center", rotation_mode="anchor",
                         bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
             k += step
@@ -178,19 +205,19 @@ def draw_trade_off(points: list[dict], title: str = "", reference: list[dict] | 
         ax.set_ylabel("mean robust accuracy (%)")
         ax.grid(alpha=0.25)
         if title:
-            ax.set_title(title)
+            ax.set_title(wrapped(title, fig.get_figwidth(), STYLE["axes.titlesize"]))
     return fig
 
 
 def make_trade_off(runs: list[str], out: str | None = None, eps: float | None = None, dpi: int = 150,
-                   png_colors: int = 0, label_of=None) -> list[Path]:
+                   label_of=None) -> list[Path]:
     points = trade_off_points(runs, eps, label_of)
     p0 = points[0]
     n_sets = len(p0["datasets"])
     title = (f"{p0['attack'].upper()}-{p0['steps']}, ε={p0['eps']:g}/255, "
              f"mean over {n_sets} dataset{'s' if n_sets != 1 else ''}")
     fig = draw_trade_off(points, title)
-    paths = save_figure(fig, Path(out) if out else Path(runs[0]), "trade_off", dpi, png_colors=png_colors)
+    paths = save_figure(fig, Path(out) if out else Path(runs[0]), "trade_off", dpi)
     for p in points:
         log.info(f"{p['label']}: clean {p['clean']:.2f}  robust {p['robust']:.2f}  average {p['average']:.2f}")
     log.info(f"trade-off of {len(points)} run(s) -> {paths[0]}")
@@ -214,8 +241,8 @@ def loss_terms(history: list[dict]) -> list[str]:
     return sorted(seen, key=lambda k: k != "loss")
 
 
-def plot_loss_curve(run: str | Path, out: str | Path | None = None, dpi: int = 120, png_colors: int = 0) -> Path:
-    """`loss_curve.png`: one panel per loss term (the run's averages per print_freq) and the LR."""
+def plot_loss_curve(run: str | Path, out: str | Path | None = None, dpi: int = 150) -> Path:
+    """`loss_curve.png` (and `.pdf`): one panel per loss term (the run's averages per print_freq) and the LR."""
     history = read_history(run)
     if not history:
         raise FileNotFoundError(f"{Path(run) / 'history.jsonl'} has no rows yet")
@@ -227,7 +254,7 @@ def plot_loss_curve(run: str | Path, out: str | Path | None = None, dpi: int = 1
     # the first step of each epoch after the first: where the epoch boundaries fall
     starts = [r["step"] for prev, r in zip(history, history[1:]) if r.get("epoch") != prev.get("epoch")]
     with plt.rc_context(STYLE):
-        fig = plt.figure(figsize=(3.4 * ncols, 2.6 * nrows + 0.4), layout="constrained")
+        fig = plt.figure(figsize=(LOSS_PANEL[0] * ncols, LOSS_PANEL[1] * nrows + 0.4), layout="constrained")
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         for ax, term in zip(axes, terms):
             pts = [(s, r[term]) for s, r in zip(steps, history) if isinstance(r.get(term), (int, float))]
@@ -242,5 +269,6 @@ def plot_loss_curve(run: str | Path, out: str | Path | None = None, dpi: int = 1
                 ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         for ax in axes[len(terms):]:
             ax.set_visible(False)
-        fig.suptitle(f"{Path(run).name}: training losses (means over print_freq steps; dotted: epochs)")
-    return save_figure(fig, Path(out) if out else Path(run), "loss_curve", dpi, pdf=False, png_colors=png_colors)[0]
+        fig.suptitle(wrapped(f"{Path(run).name}: training losses (means over print_freq steps; dotted: epochs)",
+                             fig.get_figwidth(), STYLE["figure.titlesize"]))
+    return save_figure(fig, Path(out) if out else Path(run), "loss_curve", dpi)[0]

@@ -8,7 +8,9 @@ in the order the caller gives (report.py: the paper's 16 test sets, then the wor
 without a dataset that another run has shows "–" there, and its means (over the datasets it has)
 are marked with *. Results evaluated with different attack settings (`GROUP_KEYS`) go into
 separate tables, each titled with its settings. Markdown on stdout, and a CSV. Cells of images
-left out with `--skip_corrupt` are marked with † and a note.
+left out with `--skip_corrupt` are marked with † and a note, cells of a partial test set
+(--allow_partial) with § and its counts, and a run whose training stopped before its schedule
+(--max_steps) with ‡ after its label and the step it stopped at.
 
 Beside reference numbers: ours is the mean over seeds (± their std), "pending" where nothing is
 evaluated yet; Markdown, CSV and a LaTeX `tabular` because these numbers go into papers.
@@ -26,6 +28,7 @@ from engine.results import GROUP_KEYS, MISSING, group_key, read_results, results
 # A robust accuracy that rises by more than this many points when the attack runs in lower precision
 # than fp32 is flagged: a weaker attack in fp16/bf16 is what gradient masking by precision looks like.
 PRECISION_GAP_FLAG = 1.0
+SKIPPED_MARK, PARTIAL_MARK, STOPPED_MARK = "†", "§", "‡"
 
 
 def _num(v) -> str:
@@ -116,6 +119,9 @@ def build_tables(runs: list[tuple[str, list[dict]]], order: list[str] = (), labe
                                "cells": {d: (by_ds[d]["robust_acc"], by_ds[d]["clean_acc"]) for d in have},
                                "skipped": {d: (by_ds[d]["skipped"], by_ds[d].get("n", MISSING)) for d in have
                                            if by_ds[d].get("skipped")},
+                               "partial": {d: by_ds[d]["partial"] for d in have if by_ds[d].get("partial")},
+                               "stopped": "; ".join(sorted({by_ds[d]["stopped"] for d in have
+                                                           if by_ds[d].get("stopped")})),
                                "robust": robust, "clean": clean, "average": (robust + clean) / 2,
                                "complete": len(have) == len(datasets), "n_datasets": len(have)})
         tables.append({"key": key, "title": group_title(key, precisions), "datasets": datasets,
@@ -153,19 +159,24 @@ def to_markdown(tables: list[dict]) -> str:
         lines = [f"### {t['title']}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         flagged, notes = False, []
         for row in t["rows"]:
-            cells = [row["label"]]
+            cells = [row["label"] + (f" {STOPPED_MARK}" if row["stopped"] else "")]
             for d in t["datasets"]:
                 if d in row["cells"]:
-                    dagger = "†" if d in row["skipped"] else ""
+                    dagger = (SKIPPED_MARK if d in row["skipped"] else "") + (PARTIAL_MARK if d in row["partial"] else "")
                     cells += [f"{row['cells'][d][0]:.2f}{dagger}", f"{row['cells'][d][1]:.2f}{dagger}"]
                 else:
                     cells += [MISSING, MISSING]
-            mark = "" if row["complete"] else "*"
+            mark = ("" if row["complete"] else "*") + (PARTIAL_MARK if row["partial"] else "")
             flagged |= not row["complete"]
             cells += [f"{row['robust']:.2f}{mark}", f"{row['clean']:.2f}{mark}", f"{row['average']:.2f}{mark}"]
             lines.append("| " + " | ".join(cells) + " |")
-            notes += [f"† {row['label']}, {d}: {k} unreadable image(s) skipped (--skip_corrupt); accuracy over the "
-                      f"{n} read." for d, (k, n) in row["skipped"].items()]
+            notes += [f"{SKIPPED_MARK} {row['label']}, {d}: {k} unreadable image(s) skipped (--skip_corrupt); accuracy "
+                      f"over the {n} read." for d, (k, n) in row["skipped"].items()]
+            notes += [f"{PARTIAL_MARK} {row['label']}, {d}: {p} (--allow_partial): accuracy over the images present, "
+                      f"not the whole test set." for d, p in row["partial"].items()]
+            if row["stopped"]:
+                notes.append(f"{STOPPED_MARK} {row['label']}: training {row['stopped']} (--max_steps): not the "
+                             f"full schedule, not comparable with finished runs.")
         if flagged:
             lines += ["", f"\\* mean over the datasets that run has, not all {len(t['datasets'])}."]
         if notes:
@@ -188,6 +199,7 @@ def write_csv(tables: list[dict], path: str | Path, order: list[str] = ()) -> No
     fields += [f"{d}_{kind}" for d in datasets for kind in ("robust", "clean")]
     fields += ["mean_robust", "mean_clean", "average", "n_datasets", "complete", "skipped_images"]
     fields += list(GROUP_KEYS[6:]) + ["precision_gap", "possible_masking"]  # later settings after the old columns
+    fields += ["stopped", "partial"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
@@ -197,7 +209,8 @@ def write_csv(tables: list[dict], path: str | Path, order: list[str] = ()) -> No
                 rec.update(precision=t["precision"], method=row["method"], label=row["label"], run=row["run"],
                            mean_robust=f"{row['robust']:.2f}", mean_clean=f"{row['clean']:.2f}",
                            average=f"{row['average']:.2f}", n_datasets=row["n_datasets"], complete=row["complete"],
-                           skipped_images=sum(k for k, _ in row["skipped"].values()))
+                           skipped_images=sum(k for k, _ in row["skipped"].values()), stopped=row["stopped"],
+                           partial="; ".join(f"{d} {p}" for d, p in row["partial"].items()))
                 for d, (rob, cl) in row["cells"].items():
                     rec[f"{d}_robust"], rec[f"{d}_clean"] = f"{rob:.2f}", f"{cl:.2f}"
                 if row.get("precision_gap"):
@@ -235,9 +248,14 @@ def cell_stats(cell: dict) -> tuple[float | None, float | None, int, int]:
     return mean, std, len(have), len(values)
 
 
+MARKS = {"stopped": STOPPED_MARK, "partial": PARTIAL_MARK}  # a comparison cell's marks: what its numbers are not
+LATEX_MARKS = {"stopped": r"$^{\ddagger}$", "partial": r"$^{\S}$"}
+
+
 def mean_cell(cells: list[dict], paper: float | None = None) -> dict:
     """The mean over columns of one row, seed by seed (a seed missing any column gives None); the
-    paper's value is `paper` if given, else the mean of the cells' paper values when they all have one."""
+    paper's value is `paper` if given, else the mean of the cells' paper values when they all have one.
+    The members' marks (MARKS) carry over to the mean."""
     n_seeds = max((len(c.get("values") or []) for c in cells), default=0)
     values = []
     for s in range(n_seeds):
@@ -245,7 +263,8 @@ def mean_cell(cells: list[dict], paper: float | None = None) -> dict:
         values.append(sum(vs) / len(vs) if vs and all(v is not None for v in vs) else None)
     if paper is None and cells and all(c.get("paper") is not None for c in cells):
         paper = sum(c["paper"] for c in cells) / len(cells)
-    return {"values": values, "paper": paper}
+    marks = {k: sorted({m for c in cells for m in (c or {}).get(k, [])}) for k in MARKS}
+    return {"values": values, "paper": paper, **{k: v for k, v in marks.items() if v}}
 
 
 def _signed(x: float, minus: str = "-") -> str:
@@ -264,6 +283,7 @@ def format_cell(cell: dict | None, latex: bool = False) -> str:
         ours = PENDING
     else:
         ours = f"{mean:.2f}" + (f"{pm}{std:.2f}" if std is not None else "") + ("*" if have < declared else "")
+        ours += "".join((LATEX_MARKS if latex else MARKS)[k] for k in MARKS if cell.get(k))
     if paper is None:
         return ours
     if mean is None:
@@ -280,7 +300,27 @@ def comparison_markdown(table: dict) -> str:
     notes = list(table.get("notes", []))
     if any(0 < cell_stats(c)[2] < cell_stats(c)[3] for row in table["rows"] for c in row["cells"].values()):
         notes.append("\\* mean over the seeds evaluated so far, not all of them.")
+    notes += [f"{MARKS[kind]} {text}" for kind, text in mark_notes(table)]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def row_marks(row: dict) -> dict:
+    """{kind: [notes]} over a comparison row's cells."""
+    return {k: sorted({m for c in row["cells"].values() for m in (c or {}).get(k, [])}) for k in MARKS}
+
+
+def mark_notes(table: dict) -> list[tuple[str, str]]:
+    """(kind, text) per row and kind of mark (MARKS): what that row's marked numbers are not."""
+    out = []
+    for row in table["rows"]:
+        marks = row_marks(row)
+        if marks["stopped"]:
+            out.append(("stopped", f"{row['label']}: training {', '.join(marks['stopped'])} (--max_steps): not the "
+                                   f"full schedule, not comparable with finished runs."))
+        if marks["partial"]:
+            out.append(("partial", f"{row['label']}: {', '.join(marks['partial'])} (--allow_partial): over the "
+                                   f"images present, not the whole test set."))
+    return out
 
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -301,7 +341,11 @@ def comparison_latex(table: dict) -> str:
     for row in table["rows"]:
         lines.append(" & ".join([latex_escape(row["label"])]
                                 + [format_cell(row["cells"].get(c), latex=True) for c in cols]) + r" \\")
-    return "\n".join(lines + [r"\hline", r"\end{tabular}"]) + "\n"
+    lines.append(r"\hline")
+    for kind, text in mark_notes(table):  # under the table: a mark without its meaning misleads
+        note = rf"\footnotesize {LATEX_MARKS[kind]} {latex_escape(text)}"
+        lines.append(rf"\multicolumn{{{len(cols) + 1}}}{{l}}{{{note}}} \\")
+    return "\n".join(lines + [r"\end{tabular}"]) + "\n"
 
 
 def comparison_csv(table: dict, path: str | Path) -> None:
@@ -309,6 +353,7 @@ def comparison_csv(table: dict, path: str | Path) -> None:
     fields = [table.get("corner", "Method")]
     for c in table["columns"]:
         fields += [c, f"{c} std", f"{c} seeds", f"{c} paper", f"{c} delta"]
+    fields.append("notes")
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(fields)
@@ -321,4 +366,4 @@ def comparison_csv(table: dict, path: str | Path) -> None:
                 rec += ["" if mean is None else f"{mean:.2f}", "" if std is None else f"{std:.2f}", have,
                         "" if paper is None else f"{paper:.2f}",
                         "" if mean is None or paper is None else f"{mean - paper:.2f}"]
-            w.writerow(rec)
+            w.writerow(rec + ["; ".join(m for ms in row_marks(row).values() for m in ms)])

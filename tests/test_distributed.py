@@ -184,7 +184,8 @@ def test_only_rank_zero_writes(ddp):
     assert sorted(p.name for p in runs.iterdir()) == ["accum", "attack", "cut", "plain"]
     run = runs / "plain"
     assert sorted(p.name for p in run.iterdir()) == ["args.yaml", "environment.json", "history.jsonl", "last.pt",
-                                                     "log.txt", "loss_curve.png", "model_card.json", "results.jsonl"]
+                                                     "log.txt", "loss_curve.pdf", "loss_curve.png", "model_card.json",
+                                                     "results.jsonl"]
     assert len(_history(run)) == 2                                        # not one row per rank
     assert len((run / "results.jsonl").read_text().splitlines()) == 1
     log = (run / "log.txt").read_text()

@@ -66,7 +66,7 @@ def test_corrupt_test_image_stops_naming_it_or_is_skipped_and_counted(tmp_path, 
     bad = data / "tiny-imagenet-200" / "val" / "images" / "val_3.JPEG"
     truncate(bad)
     argv = EVAL + ["--testdata", "synthetic_colors", "tinyImageNet", "--n_samples", "0", "--root", str(data),
-                   "--output_dir", str(out), "--name", "e"]
+                   "--output_dir", str(out), "--name", "e", "--allow_partial"]  # the fixture: 5 of 10 000 images
     fails(argv, re.escape(str(bad)), "cannot be decoded", "--skip_corrupt", "--verify tinyImageNet --deep",
           "synthetic_colors|results.jsonl")
     rows = results.read_results(out / "e")
@@ -94,14 +94,15 @@ def test_corrupt_training_image_checkpoints_then_resumes_with_skip(tmp_path, cap
     bad = data / "tiny-imagenet-200" / "train" / "n01641577" / "images" / "n01641577_1.JPEG"  # not sample 0
     truncate(bad)
     argv = TRAIN + ["--dataset", "tinyImageNet", "--root", str(data), "--output_dir", str(out), "--name", "t",
-                    "--batch_size", "2", "--epochs", "1"]
+                    "--batch_size", "2", "--epochs", "1", "--allow_partial"]  # the fixture: 6 of 100 000 images
     assert tga_zsr.main(argv) == 1
     said = capsys.readouterr().out
     assert str(bad) in said and "--skip_corrupt" in said
     assert f"Resume with: python tga_zsr.py --resume {out / 't'}" in said
     stopped = load_file(out / "t" / "last.pt")
     assert stopped["step"] < 3 and not stopped["meta"]["finished"], "saved at the step boundary before the batch"
-    assert tga_zsr.main(["--resume", str(out / "t"), "--device", "cpu", "--no_eval", "--skip_corrupt"]) == 0
+    assert tga_zsr.main(["--resume", str(out / "t"), "--device", "cpu", "--no_eval", "--skip_corrupt",
+                         "--allow_partial"]) == 0
     done = load_file(out / "t" / "last.pt")
     assert done["step"] == 3 and done["meta"]["finished"]  # 6 images in batches of 2, one left out
     assert not list((out / "t").glob(".*")), "no lock or temp file left"

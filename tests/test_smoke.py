@@ -20,6 +20,6 @@ def test_main_sh_smoke(tmp_path):
     assert "| **mean** |" in out.stdout
     runs = list(tmp_path.glob("smoke-*"))
     assert len(runs) == 1 and (runs[0] / "results.jsonl").is_file() and (runs[0] / "last.pt").is_file()
-    figures = ["loss_curve.png", "attention_grid.png", "attention_grid.pdf", "trade_off.png", "trade_off.pdf"]
+    figures = ["loss_curve.png", "loss_curve.pdf", "attention_grid.png", "attention_grid.pdf", "trade_off.png", "trade_off.pdf"]
     assert all((runs[0] / f).stat().st_size > 1000 for f in figures)
     assert (runs[0] / "clip_start" / "results.jsonl").is_file()  # the trade-off plot's second point

@@ -38,8 +38,10 @@ def test_training_writes_loss_curve(run):
     rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert {"loss", "ce", "ar", "amc", "lr"} <= set(rows[-1])
     assert plots.loss_terms(rows) == ["loss", "ce", "ar", "amc"]
-    # 4 loss terms + LR = 5 panels: 3 columns x 2 rows of 3.4 x 2.6 in, +0.4 in for the title, 120 dpi
-    assert same_size(png_size(run / "loss_curve.png"), (3 * 3.4, 2 * 2.6 + 0.4), 120)
+    # 4 loss terms + LR = 5 panels: 3 columns x 2 rows of LOSS_PANEL, +0.4 in for the title, 150 dpi
+    w, h = plots.LOSS_PANEL
+    assert same_size(png_size(run / "loss_curve.png"), (3 * w, 2 * h + 0.4), 150)
+    assert (run / "loss_curve.pdf").read_bytes()[:5] == b"%PDF-"
 
 
 def test_attention_grid_via_visualize_py(run, tmp_path):
@@ -47,7 +49,8 @@ def test_attention_grid_via_visualize_py(run, tmp_path):
                            "--dpi", "50", "--steps", "1", "--out", str(tmp_path)])
     assert code == 0
     w, h = visualize.attention_grid_size(2)
-    assert (w, h) == (5 * 2.2 + 0.9, 2 * (2.2 + 0.35) + 0.45)
+    assert w == pytest.approx(plots.COLUMN_IN)  # five panels and the colour bar: one column wide
+    assert h == pytest.approx(2 * (visualize.PANEL_IN + visualize.CAPTION_IN) + 0.75)
     assert same_size(png_size(tmp_path / "attention_grid.png"), (w, h), 50)
     assert (tmp_path / "attention_grid.pdf").read_bytes()[:5] == b"%PDF-"
 
@@ -164,7 +167,8 @@ def test_loss_curve_reads_a_resumed_history(tmp_path):
     hist = plots.read_history(tmp_path)
     assert [(r["step"], r["loss"]) for r in hist] == [(2, 3.0), (4, 2.0), (6, 1.0)]
     path = plots.plot_loss_curve(tmp_path, dpi=50)
-    assert same_size(png_size(path), (3 * 3.4, 2.6 + 0.4), 50)  # loss, ce, lr: one row of 3
+    w, h = plots.LOSS_PANEL
+    assert same_size(png_size(path), (3 * w, h + 0.4), 50)  # loss, ce, lr: one row of 3
 
 
 def test_trade_off_of_a_whole_table_uses_a_legend():
