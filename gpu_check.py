@@ -49,7 +49,7 @@ from datasets.catalog import expected_count
 from engine.device import autocast, compile_module, make_scaler, resolve_device
 from engine.evaluate import attack_batch
 from engine.model import load_clip
-from engine.settings import Settings, parse_args, parser_defaults
+from engine.settings import DefaultsShown, Settings, parse_args, parser_defaults
 from engine.train import build_method, build_optimizer, trainable_parameters
 from reports.paper_runs import eval_units, set_size, train_image_steps, train_units
 from reports.paper_tables import table_ids
@@ -377,7 +377,8 @@ def print_tables(setup: Setup, result: dict) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("gpu-check: does this GPU box train and evaluate correctly, and how fast (≤ 8 min)")
+    p = argparse.ArgumentParser("gpu-check: does this GPU box train and evaluate correctly, and how fast (≤ 8 min)",
+                                formatter_class=DefaultsShown, allow_abbrev=False)
     p.add_argument("--out", default="gpu_check", help="folder of gpu_check.json")
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:N (cpu with --cpu-smoke)")
     p.add_argument("--cpu-smoke", "--cpu_smoke", dest="cpu_smoke", action="store_true",

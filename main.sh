@@ -16,6 +16,7 @@ cd "$(dirname "$0")"
 JOBS="  smoke         TGA-ZSR on the bundled tiny-world CLIP, mini world, CPU, < 2 min (METHOD=fare: another method)
   smoke-all     every method on the smoke setup, one folder, one table
   test          the test suite (what CI runs)
+  audit         which evaluation knob moves a robust number: bash main.sh audit MODEL [evaluation flags] (docs/audit.md)
   doctor        self-check of this machine's device paths, and the wall clock of a paper run (doctor.json)
   gpu-check     a GPU box's verdict and speed in <= 8 min (gpu_check/gpu_check.json); --cpu-smoke on a CPU
   mini          the mini benchmark: every method in the mini world, CPU, one table and a trade-off plot
@@ -120,6 +121,9 @@ case "$job" in
     ;;
   doctor)
     "$PY" doctor.py "$@"
+    ;;
+  audit)
+    "$PY" audit.py "$@"
     ;;
   paper)
     "$PY" paper.py "$@"

@@ -45,36 +45,15 @@ MOVED = {"--table": "python report.py table RUN [RUN ...]", "--leaderboard": "py
 
 
 def check_datasets(s: Settings, train: bool) -> dict[tuple[str, str], str]:
-    """Fail before training, not after ten epochs: every requested dataset must be in place, and whole:
-    a split with fewer images than its official release is refused unless --allow_partial, which makes
-    it {(dataset, split): 'partial (found / expected)'}, the mark its results carry."""
-    names = ([s.train.dataset] if train else []) + ([] if s.run.no_eval else list(s.eval.testdata))
-    problems, partial = [], {}
-    for i, name in enumerate(names):
-        split = "train" if (train and i == 0) else "test"
-        try:
-            info = datasets.check_dataset(datasets.canonical_name(name), s.train.root, split)
-        except datasets.CorruptImage as e:
-            if not s.train.skip_corrupt:
-                problems.append(f"- {name} ({split}): {e}")
-            continue
-        except datasets.DatasetError as e:
-            problems.append(f"- {name} ({split}): {e}")
-            continue
-        n = s.eval.n_samples
-        if split == "test" and n > info["count"]:
-            problems.append(f"- {name} ({split}): --n_samples {n} is more than its {info['count']} "
-                            f"images; use at most {info['count']}, or 0 for all of them")
-        if info["partial"]:
-            partial[(info["name"], split)] = info["partial"]
-            if not s.run.allow_partial:
-                problems.append(
-                    f"- {name} ({split}): {info['partial']} in {info['path']}: fewer images than its official "
-                    f"release (found / expected). Complete it (python -m datasets.prepare --root {s.train.root} "
-                    f"--verify {info['name']} says what it holds), or pass --allow_partial to use the images "
-                    f"present, marked '{info['partial']}' in every result")
-    if problems:
-        raise SystemExit("dataset check failed before training:\n" + "\n".join(problems))
+    """Fail before training, not after ten epochs: every requested dataset in place and whole
+    (datasets.check_datasets); {(dataset, split): 'partial (found / expected)'} under --allow_partial."""
+    splits = ([(s.train.dataset, "train")] if train else []) + \
+        ([] if s.run.no_eval else [(name, "test") for name in s.eval.testdata])
+    try:
+        partial = datasets.check_datasets(splits, s.train.root, s.eval.n_samples, s.run.allow_partial,
+                                          s.train.skip_corrupt)
+    except datasets.DatasetError as e:
+        raise SystemExit(f"dataset check failed before training:\n{e}") from None
     for (name, split), label in partial.items():
         log.warning(f"{name} ({split}): {label} (--allow_partial): its results are marked so")
     return partial

@@ -133,7 +133,7 @@ def _image(t: torch.Tensor):
     return t.permute(1, 2, 0).clamp(0, 1).numpy()
 
 
-def _overlay(image: torch.Tensor, amap: torch.Tensor, cmap) -> "numpy.ndarray":
+def _overlay(image: torch.Tensor, amap: torch.Tensor, cmap):
     """The map in colour over the image, blended half and half into one RGB picture (one image
     per panel keeps the PDF small; the colour bar shows the map's own, unblended colours)."""
     heat = torch.from_numpy(cmap(amap.clamp(0, 1).numpy())[..., :3]).float()

@@ -188,17 +188,20 @@ def ready_python(wheels: Path) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("wheelhouse: this project's packages from a folder of wheels, offline")
+    # Standard library only (it runs before the packages exist), so argparse's own formatter for the defaults.
+    shown = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter, "allow_abbrev": False}
+    p = argparse.ArgumentParser("wheelhouse: this project's packages from a folder of wheels, offline", **shown)
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("download", help="pip download every package but torch into a folder (needs a network)")
-    d.add_argument("--dest", default="wheels")
+    d = sub.add_parser("download", **shown,
+                       help="pip download every package but torch into a folder (needs a network)")
+    d.add_argument("--dest", default="wheels", help="the folder the wheels go into")
     d.add_argument("--torch", default=None, help="the box's torch version, e.g. 2.11 (default: this machine's)")
     d.add_argument("--python-version", default=None, help="the box's python, e.g. 3.12 (default: this one's)")
     d.add_argument("--platform", default=None, help="the box's wheel platform, e.g. manylinux_2_28_x86_64")
-    i = sub.add_parser("install", help="a venv over this python's torch, the rest installed from the folder")
-    i.add_argument("--wheels", default="wheels")
-    w = sub.add_parser("python", help="print the interpreter to use, installing from the folder if needed")
-    w.add_argument("--wheels", default="wheels")
+    i = sub.add_parser("install", **shown, help="a venv over this python's torch, the rest installed from the folder")
+    i.add_argument("--wheels", default="wheels", help="the folder of wheels (wheelhouse.py download)")
+    w = sub.add_parser("python", **shown, help="print the interpreter to use, installing from the folder if needed")
+    w.add_argument("--wheels", default="wheels", help="the folder of wheels (wheelhouse.py download)")
     return p
 
 

@@ -16,6 +16,8 @@ Public API:
     canonical_name(name), available(), clean_name(name), TEMPLATE, DatasetError
     TEST_DATASETS (the paper's 16), TABLE_ORDER (those, then the world sets: tables' order)
     Indexed(ds), collate_indexed, CorruptImage                        # the loops' view; unreadable images
+    Transformed(ds, fn)                          # an in-memory set's images through a transform (--transform crop)
+    ensemble_prompts(data) -> [C][K] prompts     # --templates ensemble (datasets/templates.py)
     use_decoded_cache(data, split, dir)   # decoded uint8 arrays + the device-side PIL resize (--decoded_cache)
     PAPER_SETS (ImageNet-A/O/R, ImageNet100, tinyImageNet_split: for the paper's other tables)
 
@@ -34,11 +36,13 @@ from datasets import imagenet_shifts, subsets  # noqa: F401  (ImageNet-A/O/R, Im
 from datasets.catalog import PAPER_SETS, TABLE_ORDER, TEST_DATASETS, DatasetError, partial_label, thousands
 from datasets.common import default_workers, images_to, to_unit
 from datasets.decoded_cache import use_decoded_cache
-from datasets.labelled import CorruptImage, Indexed, class_balanced_subset, collate_indexed, dataset_labels
+from datasets.labelled import (CorruptImage, Indexed, Transformed, class_balanced_subset, collate_indexed,
+                               dataset_labels)
 from datasets.registry import (TEMPLATE, ZeroShotData, available, canonical_name, check_dataset, clean_name,
-                               get_dataset, register)
+                               get_dataset, register, check_datasets)
+from datasets.templates import ensemble_prompts
 
-__all__ = ["get_dataset", "check_dataset", "class_balanced_subset", "dataset_labels", "canonical_name",
+__all__ = ["get_dataset", "check_dataset", "check_datasets", "class_balanced_subset", "dataset_labels", "canonical_name",
            "available", "clean_name", "TEMPLATE", "DatasetError", "ZeroShotData", "TEST_DATASETS", "TABLE_ORDER",
            "PAPER_SETS", "register", "Indexed", "to_unit", "images_to", "default_workers", "collate_indexed",
-           "CorruptImage", "use_decoded_cache", "partial_label", "thousands"]
+           "CorruptImage", "use_decoded_cache", "partial_label", "thousands", "ensemble_prompts", "Transformed"]

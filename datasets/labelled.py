@@ -61,6 +61,22 @@ class LabelledSubset(torch.utils.data.Subset):
         self.targets = [labels[i] for i in self.indices]
 
 
+class Transformed(torch.utils.data.Dataset):
+    """The images of `dataset` through `transform` (an image tensor in, one out), labels unchanged: the
+    in-memory sets (world, synthetic), whose builders take no transform."""
+
+    def __init__(self, dataset, transform):
+        self.dataset, self.transform = dataset, transform
+        self.targets = dataset_labels(dataset)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        x, y = self.dataset[i]
+        return self.transform(x), y
+
+
 def dataset_labels(ds) -> list[int]:
     """Integer label of every sample of `ds`, in order, read from metadata only."""
     if isinstance(ds, torch.utils.data.Subset) and not hasattr(ds, "targets"):

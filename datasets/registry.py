@@ -138,3 +138,36 @@ def check_dataset(name: str, root="./data", split: str | None = None, decode: in
 
 
 _TINY_TRANSFORM = T.Compose([T.Resize((8, 8)), T.ToTensor()])  # a check only needs the decode to work
+
+
+def check_datasets(splits: list[tuple[str, str]], root, n_samples: int = 0, allow_partial: bool = False,
+                   skip_corrupt: bool = False) -> dict[tuple[str, str], str]:
+    """Check each (dataset, split) before any work: in place, readable, `n_samples` at most its size, and
+    whole. A split with fewer images than its official release is refused unless `allow_partial`, which
+    makes it {(dataset, split): 'partial (found / expected)'}, the mark its results carry. Raises one
+    DatasetError that lists every problem, each with its fix."""
+    problems, partial = [], {}
+    for name, split in splits:
+        try:
+            info = check_dataset(canonical_name(name), root, split)
+        except CorruptImage as e:
+            if not skip_corrupt:
+                problems.append(f"- {name} ({split}): {e}")
+            continue
+        except DatasetError as e:
+            problems.append(f"- {name} ({split}): {e}")
+            continue
+        if split == "test" and n_samples > info["count"]:
+            problems.append(f"- {name} ({split}): --n_samples {n_samples} is more than its {info['count']} "
+                            f"images; use at most {info['count']}, or 0 for all of them")
+        if info["partial"]:
+            partial[(info["name"], split)] = info["partial"]
+            if not allow_partial:
+                problems.append(
+                    f"- {name} ({split}): {info['partial']} in {info['path']}: fewer images than its official "
+                    f"release (found / expected). Complete it (python -m datasets.prepare --root {root} "
+                    f"--verify {info['name']} says what it holds), or pass --allow_partial to use the images "
+                    f"present, marked '{info['partial']}' in every result")
+    if problems:
+        raise DatasetError("\n".join(problems))
+    return partial

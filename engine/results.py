@@ -27,9 +27,10 @@ RESULTS_NAME = "results.jsonl"
 # the autocast the attacks ran under; `aa_version` AutoAttack's attacks (attacks.AA_VERSIONS);
 # `protocol` the preset that set them (configs/protocols/); `transform` the images' preprocessing
 # (`tga_zsr`: each dataset's transform of the original code; `robustvlm`: native resolution, see evaluate.py);
-# `batch_stride` "KxB": only every K-th batch of B images (TeCoA's training-time validation).
+# `batch_stride` "KxB": only every K-th batch of B images (TeCoA's training-time validation); `restarts`
+# the PGD / CW random restarts; `templates` the class prompts ("single" template or "ensemble").
 GROUP_KEYS = ("attack", "norm", "eps", "steps", "step_size", "n_samples", "attack_precision", "aa_version",
-              "protocol", "transform", "batch_stride")
+              "protocol", "transform", "batch_stride", "restarts", "templates")
 # Settings that must match for a stored result to count as done (the batch size is not one:
 # PGD accuracies do not depend on it; see evaluate.py).
 SETTING_KEYS = GROUP_KEYS + ("precision", "seed", "checkpoint")
@@ -39,6 +40,7 @@ SETTING_DEFAULTS = {
     "attack_precision": lambda r: r.get("precision"),
     "aa_version": lambda r: "aa-papers" if "autoattack" in str(r.get("attack")) else None,
     "protocol": lambda r: None, "transform": lambda r: "tga_zsr", "batch_stride": lambda r: None,
+    "restarts": lambda r: None if r.get("attack") == "autoattack" else 1, "templates": lambda r: "single",
 }
 MISSING = "–"
 # What a results row must hold to be counted (older or hand-edited rows without them are ignored).

@@ -161,9 +161,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     add(g, "--aa_version", role="eval", default="aa-papers", choices=list(AA_VERSIONS),
         help="AutoAttack: aa-papers = APGD-CE + APGD-DLR (TeCoA/TGA-ZSR), standard = APGD-CE, APGD-T, FAB-T, "
              "Square, apgd-ce-t = RobustVLM's")
-    add(g, "--transform", role="eval", default="tga_zsr", choices=["tga_zsr", "robustvlm"],
-        help="images: each dataset's transform in the paper's code, or RobustVLM's (native resolution, resize "
-             "in the model)")
+    add(g, "--transform", role="eval", default="tga_zsr", choices=["tga_zsr", "robustvlm", "resize", "crop"],
+        help="images: each dataset's transform in the paper's code, RobustVLM's (native resolution, resize "
+             "in the model), or one for every set: resize the whole image to a square / resize and centre-crop")
+    add(g, "--restarts", role="eval", type=int, default=1,
+        help="PGD / CW random restarts: an image is robust only if it survives every one (each its own start)")
+    add(g, "--templates", role="eval", default="single", choices=["single", "ensemble"],
+        help="class prompts: each dataset's one template, or the mean text feature over a template ensemble "
+             "(datasets/templates.py)")
     add(g, "--batch_stride", role="eval", type=int, default=1,
         help="evaluate every K-th batch of --test_batch_size images only (TeCoA's validation: 20)")
     add(g, "--save_adv", role="eval", once=True, type=int, default=0, metavar="N",
@@ -430,7 +435,7 @@ LIMITS = (
     (("train_eps", "test_eps", "train_stepsize", "test_stepsize"), 0, "must be 0 or more (1/255 units)"),
     (("train_numsteps", "test_numsteps"), 0, "must be 0 or more PGD steps"),
     (("learning_rate", "momentum", "weight_decay", "train_momentum"), 0, "must be 0 or more"),
-    (("batch_size", "test_batch_size", "accum_steps", "print_freq", "image_size"), 1, "must be 1 or more"),
+    (("batch_size", "test_batch_size", "accum_steps", "print_freq", "image_size", "restarts"), 1, "must be 1 or more"),
     (("epochs", "max_steps", "warmup", "n_samples", "workers", "save_freq", "last_num_ft", "prompt_size",
       "add_prompt_size"), 0, "must be 0 or more"),
 )
@@ -552,6 +557,8 @@ class EvalSettings:
     dataset: str                 # the training set (its test split may come from the decoded cache)
     pretrained: str
     protocol: str | None = None  # the protocol label: NAME or NAME (modified: ...)
+    restarts: int = 1            # PGD / CW random restarts
+    templates: str = "single"    # class prompts: "single" or "ensemble"
 
     def setting(self, eps: float, checkpoint: str, precision: str, attack_precision: str | None = None) -> dict:
         """The settings of one evaluation (ε and step size in 1/255 units): what a results row records
@@ -561,11 +568,13 @@ class EvalSettings:
         if attacks == ["autoattack"]:  # APGD: 100 iterations, adaptive step size (the library's values)
             steps, step_size = 100, None
         stride = self.batch_stride or 1
+        restarts = None if attacks == ["autoattack"] else self.restarts  # APGD restarts are the library's
         return {"attack": ",".join(attacks), "norm": self.norm, "eps": eps, "steps": steps, "step_size": step_size,
                 "precision": precision, "attack_precision": attack_precision or precision,
                 "aa_version": (self.aa_version or "aa-papers") if "autoattack" in attacks else None,
                 "protocol": self.protocol, "transform": self.transform or "tga_zsr",
                 "batch_stride": f"{stride}x{self.test_batch_size}" if stride > 1 else None,
+                "restarts": restarts, "templates": self.templates,
                 "n_samples": self.n_samples, "seed": self.seed, "checkpoint": checkpoint}
 
 

@@ -25,7 +25,7 @@ import json
 import math
 from pathlib import Path
 
-from engine.results import GROUP_KEYS, group_key, read_results, setting
+from engine.results import GROUP_KEYS, SETTING_DEFAULTS, group_key, read_results, setting
 from reports.tables import PRECISION_GAP_FLAG, group_title
 
 CARD_NAME = "model_card.json"
@@ -86,7 +86,8 @@ def summarise(rows: list[dict]) -> dict:
         "autoattack_version": setting(r0, "aa_version"), "steps": r0.get("steps"), "step_size": r0.get("step_size"),
         "precision": r0.get("precision"), "attack_precision": setting(r0, "attack_precision"),
         "transform": setting(r0, "transform"), "n_samples": r0.get("n_samples"),
-        "batch_stride": setting(r0, "batch_stride"), "seed": r0.get("seed"),
+        "batch_stride": setting(r0, "batch_stride"), "restarts": setting(r0, "restarts"),
+        "templates": setting(r0, "templates"), "seed": r0.get("seed"),
         "datasets": data, "means": means, "headline": {**head, "harmonic": harmonic(head["clean"], head["robust"])},
         "at_chance": [d for d, v in data.items() if v["at_chance"]],
         "setting": {**{k: setting(r0, k) for k in GROUP_KEYS}, "precision": r0.get("precision")}, **marks,
@@ -164,6 +165,9 @@ def evaluation_setting(e: dict) -> tuple:
         s = {k: e.get(OLD_CARD_FIELDS.get(k, k)) for k in GROUP_KEYS + ("precision",)}
         s["attack"] = ",".join(s["attack"] or [])
         s["norm"] = {v: k for k, v in THREAT.items()}.get(e.get("threat_model"), e.get("threat_model"))
+        for k, default in SETTING_DEFAULTS.items():  # fields older still than the card's other fields
+            if OLD_CARD_FIELDS.get(k, k) not in e:
+                s[k] = default(s)
     return tuple(s.get(k) for k in GROUP_KEYS) + (s.get("precision"),)
 
 

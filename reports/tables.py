@@ -36,7 +36,7 @@ def _num(v) -> str:
 
 
 AA_TITLES = {"aa-papers": "APGD-CE + APGD-DLR", "standard": "standard: APGD-CE, APGD-T, FAB-T, Square",
-             "apgd-ce-t": "APGD-CE + APGD-T"}
+             "apgd-ce-t": "APGD-CE + APGD-T", "apgd-ce": "APGD-CE", "apgd-t": "APGD-T"}
 
 
 def attack_title(attack, steps, aa_version) -> str:
@@ -66,6 +66,10 @@ def group_title(key: tuple, precisions: list[str]) -> str:
         parts.append(f"attacks in {k['attack_precision']}")
     if k["transform"] != "tga_zsr":
         parts.append(f"{k['transform']} images")
+    if k["restarts"] not in (None, 1):
+        parts.append(f"{k['restarts']} restarts")
+    if k["templates"] != "single":
+        parts.append(f"template {k['templates']}")
     if k["protocol"]:
         parts.append(f"protocol {k['protocol']}")
     return ", ".join(parts)

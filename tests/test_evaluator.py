@@ -137,10 +137,11 @@ def test_a_gap_above_the_threshold_is_flagged():
 
 def test_old_results_rows_still_count_as_done(tmp_path, monkeypatch):
     """A row written before the new settings existed (no attack_precision, aa_version, protocol,
-    transform, batch_stride) is what the default flags produce: it is skipped, not redone."""
+    transform, batch_stride, restarts, templates) is what the default flags produce: it is skipped, not redone."""
     assert _eval(tmp_path, "old") == 0
     (row,) = _rows(tmp_path / "old")
-    for k in ("attack_precision", "aa_version", "protocol", "transform", "batch_stride", "attack_acc"):
+    for k in ("attack_precision", "aa_version", "protocol", "transform", "batch_stride", "attack_acc", "restarts",
+              "templates"):
         row.pop(k)
     (tmp_path / "old" / "results.jsonl").write_text(json.dumps(row) + "\n")
     monkeypatch.setattr(evaluate, "evaluate_dataset", lambda *a, **k: pytest.fail("an old row was redone"))

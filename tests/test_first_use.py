@@ -21,14 +21,17 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+import audit
 import bench
 import datasets
 import doctor
+import gpu_check
 import paper
 import pretrain_tiny
 import report
 import tga_zsr
 import visualize
+import wheelhouse
 from datasets import prepare
 from engine import settings
 from engine.checkpoint import load_file
@@ -275,7 +278,10 @@ def entry_parsers():
             ("doctor.py", doctor.get_args_parser(), []), ("pretrain_tiny.py", pretrain_tiny.get_args_parser(), []),
             ("datasets.prepare", prepare.get_args_parser(), []),
             ("report.py table", subs["table"], ["RUN"]), ("report.py leaderboard", subs["leaderboard"], ["DIR"]),
-            ("report.py export", subs["export"], ["RUN"])]
+            ("report.py export", subs["export"], ["RUN"]), ("audit.py", audit.get_args_parser(), []),
+            ("gpu_check.py", gpu_check.get_args_parser(), [])] + \
+        [(f"wheelhouse.py {name}", parser, []) for name, parser in next(
+            a for a in wheelhouse.get_args_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices.items()]
 
 
 def test_abbreviated_flags_are_refused_everywhere(capsys):
