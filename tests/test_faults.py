@@ -234,6 +234,11 @@ def test_read_only_output_folder(tmp_path):
     ro = Path(tempfile.mkdtemp())
     ro.chmod(0o555)
     as_nobody = os.geteuid() == 0
+    if as_nobody and not all(d.stat().st_mode & 0o001 for d in Path(__file__).resolve().parents):
+        # nobody must reach the project's own files (configs/ is read while parsing): a clone inside a private
+        # folder (mktemp -d makes it 0700) cannot be tested this way
+        ro.rmdir()
+        pytest.skip("the repository is not reachable by user nobody (a folder above it is not o+x)")
     try:
         if as_nobody:
             os.seteuid(65534)
